@@ -1,0 +1,240 @@
+"""Serving a service: grpc.aio server, interceptors, health, reflection, graceful SIGTERM.
+
+A service module builds a ``ServiceDefinition`` (its servicers and, optionally, a readiness probe);
+``start_service`` serves it (tests use this, on port 0), and ``run_service`` is the process entry
+point (``python -m services.<name>``): settings from the environment, JSON logs, signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.errors import ServiceError, from_upstream, to_status
+from services.common.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
+from services.common.settings import ServerSettings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S")
+
+# Calls that never need a token: probes and discovery.
+_OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+AddServicer = Callable[[Any, grpc.aio.Server], None]
+
+
+@dataclasses.dataclass
+class ServiceDefinition:
+    """What a service contributes to the runtime."""
+
+    name: str
+    # (add_XServicer_to_server, servicer, full service name) per gRPC service.
+    servicers: Sequence[tuple[AddServicer, object, str]]
+    # Polled every ``readiness_interval`` seconds; health follows it (e.g. Triton ready).
+    readiness: Callable[[], Awaitable[bool]] | None = None
+    readiness_interval: float = 1.0
+    # Closes what the service opened (engines, channels), after the server has drained.
+    on_shutdown: Callable[[], Awaitable[None]] | None = None
+
+
+def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
+    for item in context.invocation_metadata() or ():
+        if item.key == key:
+            return str(item.value)
+    return ""
+
+
+class _ErrorAndContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Maps domain errors to statuses (one place), binds the request id, checks the token."""
+
+    def __init__(self, auth_token: str | None) -> None:
+        self._auth_token = auth_token
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = handler_call_details.method
+        inner = handler.unary_unary
+        needs_token = self._auth_token is not None and not method.startswith(
+            _OPEN_METHOD_PREFIXES
+        )
+        expected = f"Bearer {self._auth_token}"
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = request_id_var.set(_metadata_value(context, REQUEST_ID_HEADER))
+            try:
+                if needs_token and _metadata_value(context, "authorization") != expected:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or bad token")
+                return await inner(request, context)
+            except ServiceError as error:
+                log.info(
+                    "call failed",
+                    extra={"fields": {"method": method, "code": error.code.name,
+                                      "reason": error.reason, "detail": error.message}},
+                )
+                await context.abort_with_status(to_status(error))
+            except grpc.aio.AioRpcError as error:
+                mapped = from_upstream(error, dependency=method)
+                await context.abort_with_status(to_status(mapped))
+            finally:
+                request_id_var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class RunningService:
+    """A started server; ``stop`` turns health NOT_SERVING, then drains."""
+
+    def __init__(
+        self,
+        definition: ServiceDefinition,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        port: int,
+        grace_seconds: float,
+    ) -> None:
+        self.definition = definition
+        self.server = server
+        self.health = health_servicer
+        self.port = port
+        self.grace_seconds = grace_seconds
+        self._readiness_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def names(self) -> list[str]:
+        return ["", *(name for _, _, name in self.definition.servicers)]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self.names:
+            await self.health.set(name, status)
+
+    async def _follow_readiness(self, probe: Callable[[], Awaitable[bool]]) -> None:
+        while True:
+            try:
+                ready = await probe()
+            except Exception:  # a probe that throws means "not ready", never a dead loop
+                log.exception("readiness probe failed")
+                ready = False
+            await self.set_serving(ready)
+            await asyncio.sleep(self.definition.readiness_interval)
+
+    def start_readiness(self) -> None:
+        if self.definition.readiness is not None:
+            self._readiness_task = asyncio.create_task(
+                self._follow_readiness(self.definition.readiness)
+            )
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._readiness_task is not None:
+            self._readiness_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness_task
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_seconds if grace is None else grace)
+        if self.definition.on_shutdown is not None:
+            await self.definition.on_shutdown()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_service(definition: ServiceDefinition, settings: ServerSettings) -> RunningService:
+    """Serve ``definition`` on ``settings.host:settings.port`` (0 = a free port)."""
+    server = grpc.aio.server(
+        interceptors=[_ErrorAndContextInterceptor(settings.auth_token)],
+        options=[
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    for add, servicer, _ in definition.servicers:
+        add(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [name for _, _, name in definition.servicers]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        credentials = grpc.ssl_server_credentials(
+            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
+        )
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    await server.start()
+    running = RunningService(definition, server, health_servicer, port, settings.grace_seconds)
+    # Without a probe the service is ready once it listens; with one, the probe decides.
+    await running.set_serving(definition.readiness is None)
+    running.start_readiness()
+    return running
+
+
+def run_service(
+    prefix: str,
+    settings_class: type[S],
+    build: Callable[[S], Awaitable[ServiceDefinition]],
+) -> None:
+    """Process entry point: settings from ``<prefix>*`` variables, serve until SIGTERM/SIGINT.
+
+    ``settings_class`` is the service's frozen settings dataclass; its ``server`` part is read
+    from the same prefix. Prints ``LISTENING host:port`` on stdout once serving (for launchers).
+    """
+    try:
+        server_settings = load_settings(ServerSettings, prefix)
+        service_settings = load_settings(settings_class, prefix)
+    except SettingsError as error:
+        print(str(error), file=sys.stderr)
+        raise SystemExit(2) from error
+    configure_logging(prefix.strip("_").lower(), server_settings.log_level)
+
+    async def main() -> None:
+        definition = await build(service_settings)
+        running = await start_service(definition, server_settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "serving",
+            extra={"fields": {"host": server_settings.host, "port": running.port}},
+        )
+        print(f"LISTENING {server_settings.host}:{running.port}", flush=True)
+        await stop.wait()
+        log.info("draining", extra={"fields": {"grace_seconds": server_settings.grace_seconds}})
+        await running.stop()
+
+    asyncio.run(main())

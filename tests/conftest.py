@@ -1,0 +1,46 @@
+"""Shared fixtures: the PostgreSQL database and the rule that required parts fail, never skip."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+DEFAULT_POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def missing(kind: str, reason: str) -> None:
+    """Fail when ``LONGTAIL_REQUIRE_<KIND>=1`` (CI, ``make test``), else skip with the reason."""
+    if os.environ.get(f"LONGTAIL_REQUIRE_{kind.upper()}") == "1":
+        pytest.fail(f"{kind} is required here but unusable: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session, dropped afterwards."""
+    import sqlalchemy as sa
+
+    admin_url = os.environ.get("LONGTAIL_TEST_POSTGRES_URL", DEFAULT_POSTGRES_ADMIN_URL)
+    name = f"longtail_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:
+        missing("postgres", f"cannot create a database at {admin_url}: {error}")
+    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                ),
+                {"n": name},
+            )
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
