@@ -13,7 +13,7 @@ from services.common.settings import ClientSettings
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
-class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Forward the request id of the call being served, so logs line up across hops."""
 
     def __init__(self, token: str | None) -> None:
@@ -22,12 +22,12 @@ class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: igno
     async def intercept_unary_unary(
         self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
     ) -> Any:
-        metadata = list(client_call_details.metadata or [])
+        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
         request_id = request_id_var.get()
         if request_id:
-            metadata.append((REQUEST_ID_HEADER, request_id))
+            metadata.add(REQUEST_ID_HEADER, request_id)
         if self._token:
-            metadata.append(("authorization", f"Bearer {self._token}"))
+            metadata.add("authorization", f"Bearer {self._token}")
         details = grpc.aio.ClientCallDetails(
             client_call_details.method,
             client_call_details.timeout,

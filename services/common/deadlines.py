@@ -14,9 +14,7 @@ class HasTimeRemaining(Protocol):
     def time_remaining(self) -> float | None: ...
 
 
-def outbound_timeout(
-    context: HasTimeRemaining | None, default: float, share: float = 1.0
-) -> float:
+def outbound_timeout(context: HasTimeRemaining | None, default: float, share: float = 1.0) -> float:
     """Timeout for one outbound call: ``share`` of what the caller has left, at most ``default``.
 
     Raises ``DeadlineExceeded`` when nothing is left, so that no call is started that cannot finish.

@@ -49,14 +49,17 @@ class ServiceDefinition:
     on_shutdown: Callable[[], Awaitable[None]] | None = None
 
 
-def _metadata_value(context: grpc.aio.ServicerContext, key: str) -> str:
-    for item in context.invocation_metadata() or ():
-        if item.key == key:
-            return str(item.value)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _metadata_value(context: Context, key: str) -> str:
+    for name, value in context.invocation_metadata() or ():
+        if name == key:
+            return value if isinstance(value, str) else value.decode()
     return ""
 
 
-class _ErrorAndContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _ErrorAndContextInterceptor(grpc.aio.ServerInterceptor):
     """Maps domain errors to statuses (one place), binds the request id, checks the token."""
 
     def __init__(self, auth_token: str | None) -> None:
@@ -64,30 +67,36 @@ class _ErrorAndContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[m
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         method: str = handler_call_details.method
         inner = handler.unary_unary
-        needs_token = self._auth_token is not None and not method.startswith(
-            _OPEN_METHOD_PREFIXES
-        )
+        needs_token = self._auth_token is not None and not method.startswith(_OPEN_METHOD_PREFIXES)
         expected = f"Bearer {self._auth_token}"
 
-        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def behaviour(request: Any, context: Context) -> Any:
             token = request_id_var.set(_metadata_value(context, REQUEST_ID_HEADER))
             try:
                 if needs_token and _metadata_value(context, "authorization") != expected:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or bad token")
-                return await inner(request, context)
+                return await inner(request, context)  # type: ignore[arg-type]
             except ServiceError as error:
                 log.info(
                     "call failed",
-                    extra={"fields": {"method": method, "code": error.code.name,
-                                      "reason": error.reason, "detail": error.message}},
+                    extra={
+                        "fields": {
+                            "method": method,
+                            "code": error.code.name,
+                            "reason": error.reason,
+                            "detail": error.message,
+                        }
+                    },
                 )
                 await context.abort_with_status(to_status(error))
             except grpc.aio.AioRpcError as error:
@@ -184,7 +193,11 @@ async def start_service(definition: ServiceDefinition, settings: ServerSettings)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [name for _, _, name in definition.servicers]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     address = f"{settings.host}:{settings.port}"

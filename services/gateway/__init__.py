@@ -1,0 +1,1 @@
+"""The gateway: the public Recommend, Feedback and ExplainRecommendation calls."""

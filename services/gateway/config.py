@@ -1,0 +1,29 @@
+"""Gateway settings, read from ``LONGTAIL_GATEWAY_*``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewaySettings:
+    profiles_target: str = "127.0.0.1:50051"
+    ranking_target: str = "127.0.0.1:50053"
+    exposure_target: str = "127.0.0.1:50054"
+    # Candidates asked of ranking per request (the pool the exposure policy chooses from).
+    candidate_count: int = 100
+    # History entries fetched per request: the user vector and the already-seen exclusion.
+    history_limit: int = 500
+    # Deadline used when the caller sets none.
+    default_deadline_seconds: float = 2.0
+    # Share of the remaining time that ranking and exposure may use; the rest is kept for the
+    # fallback and the impression write.
+    pipeline_time_share: float = 0.6
+    # How often the fallback list (popular + tail items) is refreshed from the store.
+    fallback_refresh_seconds: float = 60.0
+    # Items kept in the fallback list, half head and half tail.
+    fallback_size: int = 200
+    title_cache_size: int = 200_000
+    client_tls_ca_file: Path | None = None
+    client_auth_token: str | None = None

@@ -1,0 +1,438 @@
+"""The Recommend pipeline: profile -> candidates -> exposure policy -> impressions.
+
+Every hop runs under a deadline derived from the caller's. When ranking or exposure fail (down,
+slow, broken), the answer comes from the fallback list (popular items mixed with tail items,
+reason FALLBACK); when the store fails, the call fails with UNAVAILABLE and nothing is logged.
+Impressions are written before the answer returns, idempotently by (request_id, position): a retried
+request_id is answered from the log and writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from google.protobuf import timestamp_pb2
+from longtail.common.v1 import common_pb2
+from longtail.exposure.v1 import exposure_service_pb2
+from longtail.gateway.v1 import gateway_service_pb2
+from longtail.ranking.v1 import ranking_service_pb2
+
+from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError
+from services.gateway.ports import ExposurePort, ProfilesPort, RankingPort
+
+log = logging.getLogger(__name__)
+
+MAX_K = 100
+MAX_INTERESTS_CHARS = 8192
+MAX_ID_CHARS = 256
+FALLBACK_POLICY = "fallback"
+# Per-hop ceilings; the caller's deadline usually binds first.
+PROFILE_TIMEOUT = 1.0
+RANKING_TIMEOUT = 1.0
+EXPOSURE_TIMEOUT = 0.5
+WRITE_TIMEOUT = 2.0
+
+
+class Deadline:
+    """The caller's deadline, or a default one when the caller set none."""
+
+    def __init__(self, remaining: float | None, default: float) -> None:
+        self._end = time.monotonic() + (default if remaining is None else remaining)
+
+    def time_remaining(self) -> float:
+        return self._end - time.monotonic()
+
+    def timeout(self, ceiling: float, share: float = 1.0) -> float:
+        """Seconds an outbound call may take: ``share`` of what is left, at most ``ceiling``."""
+        left = self.time_remaining() * share
+        if left <= 0.001:
+            raise DeadlineExceeded("DEADLINE_EXHAUSTED", "no time left for the call")
+        return min(ceiling, left)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    candidate_count: int = 100
+    history_limit: int = 500
+    pipeline_time_share: float = 0.6
+    fallback_size: int = 200
+    title_cache_size: int = 200_000
+
+
+class TitleCache:
+    """Item titles for the response; items rarely change, so a bounded LRU saves a hop."""
+
+    def __init__(self, profiles: ProfilesPort, capacity: int) -> None:
+        self._profiles = profiles
+        self._capacity = capacity
+        self._titles: OrderedDict[str, str] = OrderedDict()
+
+    def put(self, item_id: str, title: str) -> None:
+        self._titles[item_id] = title
+        self._titles.move_to_end(item_id)
+        while len(self._titles) > self._capacity:
+            self._titles.popitem(last=False)
+
+    async def titles(self, item_ids: Sequence[str], timeout: float) -> dict[str, str]:
+        missing = [item_id for item_id in item_ids if item_id not in self._titles]
+        if missing:
+            for item in await self._profiles.get_items(missing, timeout):
+                self.put(item.item_id, item.title)
+        return {item_id: self._titles.get(item_id, "") for item_id in item_ids}
+
+
+class FallbackList:
+    """Popular items and tail items, refreshed from the store, served when ranking is down."""
+
+    def __init__(self, profiles: ProfilesPort, size: int) -> None:
+        self._profiles = profiles
+        self._size = size
+        self.head: list[common_pb2.ItemStats] = []
+        self.tail: list[common_pb2.ItemStats] = []
+
+    async def refresh(self, timeout: float = 10.0) -> None:
+        stats: list[common_pb2.ItemStats] = []
+        token = ""
+        while True:
+            page, token = await self._profiles.list_item_stats(10_000, token, timeout)
+            stats.extend(page)
+            if not token:
+                break
+        half = max(1, self._size // 2)
+        by_popularity = sorted(stats, key=lambda s: (-s.interaction_count, s.item_id))
+        self.head = [s for s in by_popularity if not s.is_tail][:half]
+        tail = [s for s in by_popularity if s.is_tail]
+        # Spread the tail picks over the whole tail (cold items included), not just its top.
+        step = max(1, len(tail) // half)
+        self.tail = tail[::step][:half]
+
+    def items(self, k: int, exclude: set[str], request_id: str) -> list[common_pb2.RankedItem]:
+        """Alternate head and tail items; the tail rotation depends on the request."""
+        rotation = int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16)
+        tail = (
+            self.tail[rotation % len(self.tail) :] + self.tail[: rotation % len(self.tail)]
+            if (self.tail)
+            else []
+        )
+        picked: list[common_pb2.ItemStats] = []
+        heads = iter(s for s in self.head if s.item_id not in exclude)
+        tails = iter(s for s in tail if s.item_id not in exclude)
+        sources = [heads, tails]
+        turn = 0
+        while len(picked) < k:
+            source = sources[turn % 2]
+            other = sources[(turn + 1) % 2]
+            nxt = next(source, None) or next(other, None)
+            if nxt is None:
+                break
+            picked.append(nxt)
+            turn += 1
+        return [
+            common_pb2.RankedItem(
+                item_id=s.item_id,
+                position=position,
+                score=0.0,
+                reason=common_pb2.REASON_FALLBACK,
+                is_tail=s.is_tail,
+                is_cold=s.is_cold,
+            )
+            for position, s in enumerate(picked)
+        ]
+
+
+def _validate(request: gateway_service_pb2.RecommendRequest) -> None:
+    if not request.user_id.strip():
+        raise InvalidArgument("EMPTY_USER_ID", "user_id is required")
+    if len(request.user_id) > MAX_ID_CHARS:
+        raise InvalidArgument("USER_ID_TOO_LONG", f"user_id is longer than {MAX_ID_CHARS}")
+    if not 1 <= request.k <= MAX_K:
+        raise InvalidArgument("K_OUT_OF_RANGE", f"k must be in 1..{MAX_K}", k=request.k)
+    if len(request.interests) > MAX_INTERESTS_CHARS:
+        raise InvalidArgument(
+            "INTERESTS_TOO_LONG", f"interests are longer than {MAX_INTERESTS_CHARS} characters"
+        )
+    if len(request.request_id) > MAX_ID_CHARS:
+        raise InvalidArgument("REQUEST_ID_TOO_LONG", f"request_id is longer than {MAX_ID_CHARS}")
+
+
+class RecommendPipeline:
+    def __init__(
+        self,
+        profiles: ProfilesPort,
+        ranking: RankingPort,
+        exposure: ExposurePort,
+        config: PipelineConfig,
+    ) -> None:
+        self._profiles = profiles
+        self._ranking = ranking
+        self._exposure = exposure
+        self._config = config
+        self.titles = TitleCache(profiles, config.title_cache_size)
+        self.fallback = FallbackList(profiles, config.fallback_size)
+
+    async def recommend(
+        self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline
+    ) -> gateway_service_pb2.RecommendResponse:
+        _validate(request)
+        if request.request_id:
+            replay = await self._replay(request, deadline)
+            if replay is not None:
+                return replay
+        request_id = request.request_id or uuid.uuid4().hex
+
+        profile = await self._profiles.get_user_profile(
+            request.user_id, self._config.history_limit, deadline.timeout(PROFILE_TIMEOUT)
+        )
+        history = list(profile.history) if profile is not None else []
+        stored_interests = profile.interests if profile is not None else ""
+        interests = request.interests or stored_interests
+        exclude = set() if request.include_seen else {entry.item_id for entry in history}
+
+        remember = None
+        if request.interests and request.interests != stored_interests:
+            remember = asyncio.create_task(
+                self._profiles.upsert_user(
+                    request.user_id, request.interests, deadline.timeout(WRITE_TIMEOUT)
+                )
+            )
+
+        ranked, policy_name, policy_version, index_version, collab_version = await self._choose(
+            request, request_id, profile, history, interests, exclude, deadline
+        )
+        fallback = policy_name == FALLBACK_POLICY
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        impressions = [
+            common_pb2.Impression(
+                request_id=request_id,
+                position=item.position,
+                user_id=request.user_id,
+                item_id=item.item_id,
+                policy_name=policy_name,
+                policy_version=policy_version,
+                reason=item.reason,
+                score=item.score,
+                served_at=now,
+            )
+            for item in ranked
+        ]
+        write_timeout = deadline.timeout(WRITE_TIMEOUT)
+        titles_task = asyncio.create_task(
+            self.titles.titles([item.item_id for item in ranked], write_timeout)
+        )
+        try:
+            if impressions:
+                await self._profiles.record_impressions(impressions, write_timeout)
+            titles = await titles_task
+            if remember is not None:
+                await remember
+        except BaseException:
+            titles_task.cancel()
+            if remember is not None:
+                remember.cancel()
+            raise
+        return gateway_service_pb2.RecommendResponse(
+            request_id=request_id,
+            items=[
+                gateway_service_pb2.RecommendedItem(
+                    item_id=item.item_id,
+                    title=titles.get(item.item_id, ""),
+                    position=item.position,
+                    score=item.score,
+                    reason=item.reason,
+                    is_tail=item.is_tail,
+                    is_cold=item.is_cold,
+                )
+                for item in ranked
+            ],
+            policy_name=policy_name,
+            policy_version=policy_version,
+            fallback=fallback,
+            index_version=index_version,
+            collaborative_version=collab_version,
+        )
+
+    async def _choose(
+        self,
+        request: gateway_service_pb2.RecommendRequest,
+        request_id: str,
+        profile: object,
+        history: list[common_pb2.HistoryEntry],
+        interests: str,
+        exclude: set[str],
+        deadline: Deadline,
+    ) -> tuple[list[common_pb2.RankedItem], str, str, str, str]:
+        """Ranking then exposure; on any failure but a bad policy, the fallback list."""
+        share = self._config.pipeline_time_share
+        wants_vectors = request.HasField("policy") and request.policy.WhichOneof("policy") == "mmr"
+        try:
+            candidates = await self._ranking.rank(
+                ranking_service_pb2.RankCandidatesRequest(
+                    user_id=request.user_id,
+                    history=history,
+                    interests=interests,
+                    candidate_count=self._config.candidate_count,
+                    exclude_item_ids=sorted(exclude),
+                    include_vectors=wants_vectors,
+                ),
+                deadline.timeout(RANKING_TIMEOUT, share * 0.7),
+            )
+            tail_propensity = getattr(profile, "tail_propensity", 0.0)
+            category_mix = dict(getattr(profile, "category_mix", {}))
+            rerank = exposure_service_pb2.RerankRequest(
+                request_id=request_id,
+                user_id=request.user_id,
+                candidates=candidates.candidates,
+                k=request.k,
+                tail_propensity=tail_propensity,
+                category_mix=category_mix,
+            )
+            if request.HasField("policy"):
+                rerank.policy.CopyFrom(request.policy)
+            reranked = await self._exposure.rerank(
+                rerank, deadline.timeout(EXPOSURE_TIMEOUT, share)
+            )
+        except InvalidArgument:
+            raise  # the caller's policy or parameters are wrong: say so, do not paper over it
+        except ServiceError as error:
+            log.warning(
+                "serving fallback",
+                extra={"fields": {"reason": error.reason, "detail": error.message}},
+            )
+            return await self._fallback(request.k, exclude, request_id), FALLBACK_POLICY, "", "", ""
+        if not reranked.items and not candidates.candidates:
+            # An empty pool (e.g. nothing indexed yet) is served from the fallback too.
+            return await self._fallback(request.k, exclude, request_id), FALLBACK_POLICY, "", "", ""
+        return (
+            list(reranked.items),
+            reranked.policy_name,
+            reranked.policy_version,
+            candidates.index_version,
+            candidates.collaborative_version,
+        )
+
+    async def _fallback(
+        self, k: int, exclude: set[str], request_id: str
+    ) -> list[common_pb2.RankedItem]:
+        if not self.fallback.head and not self.fallback.tail:
+            await self.fallback.refresh(timeout=WRITE_TIMEOUT)
+        return self.fallback.items(k, exclude, request_id)
+
+    async def _replay(
+        self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline
+    ) -> gateway_service_pb2.RecommendResponse | None:
+        logged = await self._profiles.list_impressions(
+            request.request_id, deadline.timeout(PROFILE_TIMEOUT)
+        )
+        if not logged:
+            return None
+        if logged[0].user_id != request.user_id:
+            raise InvalidArgument(
+                "REQUEST_ID_REUSED", "request_id was already used for another user"
+            )
+        titles = await self.titles.titles(
+            [i.item_id for i in logged], deadline.timeout(PROFILE_TIMEOUT)
+        )
+        stats = {
+            s.item_id: s
+            for s in await self._profiles.get_item_stats(
+                [i.item_id for i in logged], deadline.timeout(PROFILE_TIMEOUT)
+            )
+        }
+        return gateway_service_pb2.RecommendResponse(
+            request_id=request.request_id,
+            items=[
+                gateway_service_pb2.RecommendedItem(
+                    item_id=i.item_id,
+                    title=titles.get(i.item_id, ""),
+                    position=i.position,
+                    score=i.score,
+                    reason=i.reason,
+                    is_tail=stats[i.item_id].is_tail if i.item_id in stats else False,
+                    is_cold=stats[i.item_id].is_cold if i.item_id in stats else False,
+                )
+                for i in logged
+            ],
+            policy_name=logged[0].policy_name,
+            policy_version=logged[0].policy_version,
+            fallback=logged[0].policy_name == FALLBACK_POLICY,
+        )
+
+    async def feedback(
+        self, request: gateway_service_pb2.FeedbackRequest, deadline: Deadline
+    ) -> gateway_service_pb2.FeedbackResponse:
+        if not request.request_id:
+            raise InvalidArgument("EMPTY_REQUEST_ID", "request_id is required")
+        if not request.item_id:
+            raise InvalidArgument("EMPTY_ITEM_ID", "item_id is required")
+        if request.kind == common_pb2.INTERACTION_KIND_UNSPECIFIED or (
+            request.kind not in common_pb2.InteractionKind.values()
+        ):
+            raise InvalidArgument("BAD_INTERACTION_KIND", "kind must be view/click/purchase/rating")
+        logged = await self._profiles.list_impressions(
+            request.request_id, deadline.timeout(PROFILE_TIMEOUT)
+        )
+        served = next((i for i in logged if i.item_id == request.item_id), None)
+        if served is None:
+            raise NotFound(
+                "IMPRESSION_NOT_FOUND",
+                "no such item was served under that request_id",
+                request_id=request.request_id,
+                item_id=request.item_id,
+            )
+        occurred = request.occurred_at if request.HasField("occurred_at") else None
+        if occurred is None:
+            occurred = timestamp_pb2.Timestamp()
+            occurred.GetCurrentTime()
+        interaction = common_pb2.Interaction(
+            user_id=served.user_id,
+            item_id=request.item_id,
+            kind=request.kind,
+            value=request.value,
+            occurred_at=occurred,
+            # One feedback of a kind per served item: a retried Feedback counts once.
+            idempotency_key=f"feedback:{request.request_id}:{request.item_id}:{request.kind}",
+            request_id=request.request_id,
+        )
+        recorded = await self._profiles.record_interaction(
+            interaction, deadline.timeout(WRITE_TIMEOUT)
+        )
+        return gateway_service_pb2.FeedbackResponse(recorded=recorded)
+
+    async def explain(
+        self, request: gateway_service_pb2.ExplainRecommendationRequest, deadline: Deadline
+    ) -> gateway_service_pb2.ExplainRecommendationResponse:
+        if not request.request_id:
+            raise InvalidArgument("EMPTY_REQUEST_ID", "request_id is required")
+        logged = await self._profiles.list_impressions(
+            request.request_id, deadline.timeout(PROFILE_TIMEOUT)
+        )
+        if not logged:
+            raise NotFound("REQUEST_NOT_FOUND", "nothing was served under that request_id")
+        ids = [i.item_id for i in logged]
+        titles, stats_list = await asyncio.gather(
+            self.titles.titles(ids, deadline.timeout(PROFILE_TIMEOUT)),
+            self._profiles.get_item_stats(ids, deadline.timeout(PROFILE_TIMEOUT)),
+        )
+        stats = {s.item_id: s for s in stats_list}
+        return gateway_service_pb2.ExplainRecommendationResponse(
+            request_id=request.request_id,
+            user_id=logged[0].user_id,
+            items=[
+                gateway_service_pb2.ExplainedItem(
+                    impression=i,
+                    title=titles.get(i.item_id, ""),
+                    is_tail=stats[i.item_id].is_tail if i.item_id in stats else False,
+                    is_cold=stats[i.item_id].is_cold if i.item_id in stats else False,
+                    popularity=stats[i.item_id].interaction_count if i.item_id in stats else 0,
+                )
+                for i in logged
+            ],
+        )

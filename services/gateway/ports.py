@@ -1,0 +1,172 @@
+"""What the gateway needs of the other services, as Protocols, and their gRPC implementations.
+
+The pipeline sees only these ports, so it can be tested with fakes; the gRPC adapters are the one
+place where stub calls and upstream errors are translated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import grpc
+from longtail.common.v1 import common_pb2
+from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
+from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
+from longtail.ranking.v1 import ranking_service_pb2, ranking_service_pb2_grpc
+
+from services.common.errors import from_upstream
+
+
+class ProfilesPort(Protocol):
+    async def get_user_profile(
+        self, user_id: str, history_limit: int, timeout: float
+    ) -> profiles_service_pb2.UserProfile | None: ...
+
+    async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None: ...
+
+    async def record_impressions(
+        self, impressions: Sequence[common_pb2.Impression], timeout: float
+    ) -> int: ...
+
+    async def list_impressions(
+        self, request_id: str, timeout: float
+    ) -> list[common_pb2.Impression]: ...
+
+    async def get_items(self, item_ids: Sequence[str], timeout: float) -> list[common_pb2.Item]: ...
+
+    async def get_item_stats(
+        self, item_ids: Sequence[str], timeout: float
+    ) -> list[common_pb2.ItemStats]: ...
+
+    async def list_item_stats(
+        self, page_size: int, page_token: str, timeout: float
+    ) -> tuple[list[common_pb2.ItemStats], str]: ...
+
+    async def record_interaction(
+        self, interaction: common_pb2.Interaction, timeout: float
+    ) -> bool: ...
+
+
+class RankingPort(Protocol):
+    async def rank(
+        self, request: ranking_service_pb2.RankCandidatesRequest, timeout: float
+    ) -> ranking_service_pb2.RankCandidatesResponse: ...
+
+
+class ExposurePort(Protocol):
+    async def rerank(
+        self, request: exposure_service_pb2.RerankRequest, timeout: float
+    ) -> exposure_service_pb2.RerankResponse: ...
+
+
+class GrpcProfiles:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = profiles_service_pb2_grpc.ProfilesServiceStub(channel)
+
+    async def get_user_profile(
+        self, user_id: str, history_limit: int, timeout: float
+    ) -> profiles_service_pb2.UserProfile | None:
+        request = profiles_service_pb2.GetUserProfileRequest(
+            user_id=user_id, history_limit=history_limit
+        )
+        try:
+            response = await self._stub.GetUserProfile(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise from_upstream(error, "profiles") from error
+        return response.profile
+
+    async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None:
+        request = profiles_service_pb2.UpsertUsersRequest(
+            users=[common_pb2.User(user_id=user_id, interests=interests)]
+        )
+        try:
+            await self._stub.UpsertUsers(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "profiles") from error
+
+    async def record_impressions(
+        self, impressions: Sequence[common_pb2.Impression], timeout: float
+    ) -> int:
+        request = profiles_service_pb2.RecordImpressionsRequest(impressions=impressions)
+        try:
+            response = await self._stub.RecordImpressions(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "profiles") from error
+        return response.recorded_count
+
+    async def list_impressions(
+        self, request_id: str, timeout: float
+    ) -> list[common_pb2.Impression]:
+        request = profiles_service_pb2.ListImpressionsRequest(request_id=request_id)
+        try:
+            response = await self._stub.ListImpressions(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "profiles") from error
+        return list(response.impressions)
+
+    async def get_items(self, item_ids: Sequence[str], timeout: float) -> list[common_pb2.Item]:
+        request = profiles_service_pb2.GetItemsRequest(item_ids=item_ids)
+        try:
+            response = await self._stub.GetItems(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "profiles") from error
+        return list(response.items)
+
+    async def get_item_stats(
+        self, item_ids: Sequence[str], timeout: float
+    ) -> list[common_pb2.ItemStats]:
+        request = profiles_service_pb2.GetItemStatsRequest(item_ids=item_ids)
+        try:
+            response = await self._stub.GetItemStats(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "profiles") from error
+        return list(response.stats)
+
+    async def list_item_stats(
+        self, page_size: int, page_token: str, timeout: float
+    ) -> tuple[list[common_pb2.ItemStats], str]:
+        request = profiles_service_pb2.ListItemStatsRequest(
+            page_size=page_size, page_token=page_token
+        )
+        try:
+            response = await self._stub.ListItemStats(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "profiles") from error
+        return list(response.stats), response.next_page_token
+
+    async def record_interaction(self, interaction: common_pb2.Interaction, timeout: float) -> bool:
+        request = profiles_service_pb2.RecordInteractionsRequest(interactions=[interaction])
+        try:
+            response = await self._stub.RecordInteractions(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "profiles") from error
+        return response.recorded_count > 0
+
+
+class GrpcRanking:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = ranking_service_pb2_grpc.RankingServiceStub(channel)
+
+    async def rank(
+        self, request: ranking_service_pb2.RankCandidatesRequest, timeout: float
+    ) -> ranking_service_pb2.RankCandidatesResponse:
+        try:
+            return await self._stub.RankCandidates(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "ranking") from error
+
+
+class GrpcExposure:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = exposure_service_pb2_grpc.ExposureServiceStub(channel)
+
+    async def rerank(
+        self, request: exposure_service_pb2.RerankRequest, timeout: float
+    ) -> exposure_service_pb2.RerankResponse:
+        try:
+            return await self._stub.Rerank(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            raise from_upstream(error, "exposure") from error
