@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from services.common.logging import REQUEST_ID_HEADER, request_id_var
 from services.common.settings import ClientSettings
@@ -54,3 +55,22 @@ def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
             settings.target, credentials, options=options, interceptors=interceptors
         )
     return grpc.aio.insecure_channel(settings.target, options=options, interceptors=interceptors)
+
+
+async def check_health(channel: grpc.aio.Channel, service: str = "", timeout: float = 1.0) -> int:
+    """The grpc.health.v1 status of ``service`` (``""`` = the whole server) as the enum value.
+
+    Unreachable servers count as NOT_SERVING rather than raising, so callers can poll.
+    """
+    check = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    try:
+        response: health_pb2.HealthCheckResponse = await check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    except grpc.aio.AioRpcError:
+        return int(health_pb2.HealthCheckResponse.NOT_SERVING)
+    return int(response.status)

@@ -1,0 +1,347 @@
+"""The ``longtail`` command line: run the suite, load data, index, train, recommend, explain.
+
+Targets default to the local ports (gateway 50050 … exposure 50054) and can be set with
+``--gateway`` etc. or ``LONGTAIL_<SERVICE>_TARGET``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from longtail.common.v1 import common_pb2
+from longtail.profiles.v1 import profiles_service_pb2
+from longtail.ranking.v1 import ranking_service_pb2
+from rich.console import Console
+from rich.table import Table
+
+from longtail_client.client import DEFAULT_TARGETS, LongtailClient, policy_spec
+
+console = Console()
+
+REASONS = {value: name.removeprefix("REASON_").lower() for name, value in common_pb2.Reason.items()}
+
+
+def _targets(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        name: getattr(args, name, None)
+        or os.environ.get(f"LONGTAIL_{name.upper()}_TARGET")
+        or default
+        for name, default in DEFAULT_TARGETS.items()
+    }
+
+
+def _client(args: argparse.Namespace) -> LongtailClient:
+    return LongtailClient(
+        _targets(args),
+        token=args.token or os.environ.get("LONGTAIL_AUTH_TOKEN"),
+        tls_ca_file=Path(args.tls_ca) if args.tls_ca else None,
+        timeout_seconds=args.timeout,
+    )
+
+
+def _policy(args: argparse.Namespace) -> common_pb2.PolicySpec | None:
+    if not args.policy and not args.explore and args.seed is None:
+        return None
+    params: dict[str, str | float | bool] = {}
+    for pair in args.param or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--param takes key=value, got {pair!r}")
+        params[key] = value
+    spec = policy_spec(args.policy or "relevance", params, args.explore, args.seed)
+    if not args.policy:
+        spec.ClearField("relevance")  # only explore/seed given: keep the service's default policy
+    return spec
+
+
+def print_recommendation(answer: object, title: str = "") -> None:
+    table = Table(title=title or None)
+    for column in ("#", "item", "title", "score", "reason", "tail", "cold"):
+        table.add_column(column, justify="right" if column in ("#", "score") else "left")
+    for item in answer.items:  # type: ignore[attr-defined]
+        table.add_row(
+            str(item.position),
+            item.item_id,
+            item.title[:48],
+            f"{item.score:.4f}",
+            REASONS.get(item.reason, "?"),
+            "yes" if item.is_tail else "",
+            "yes" if item.is_cold else "",
+        )
+    console.print(table)
+    console.print(
+        f"request_id={answer.request_id} policy={answer.policy_name} "  # type: ignore[attr-defined]
+        f"version={answer.policy_version} fallback={answer.fallback}"  # type: ignore[attr-defined]
+    )
+
+
+async def cmd_recommend(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        answer = await client.recommend(
+            args.user_id,
+            args.k,
+            policy=_policy(args),
+            interests=args.interests or "",
+            request_id=args.request_id or "",
+            include_seen=args.include_seen,
+        )
+    print_recommendation(answer, f"Recommend for {args.user_id}")
+
+
+async def cmd_feedback(args: argparse.Namespace) -> None:
+    kind = common_pb2.InteractionKind.Value(f"INTERACTION_KIND_{args.kind.upper()}")
+    async with _client(args) as client:
+        answer = await client.feedback(args.request_id, args.item_id, kind, args.value)
+    console.print("recorded" if answer.recorded else "already recorded")
+
+
+async def cmd_explain(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        answer = await client.explain(args.request_id)
+    table = Table(title=f"Request {answer.request_id} for user {answer.user_id}")
+    for column in ("#", "item", "title", "policy", "reason", "score", "tail", "cold", "pop"):
+        table.add_column(column)
+    for item in answer.items:
+        imp = item.impression
+        table.add_row(
+            str(imp.position),
+            imp.item_id,
+            item.title[:40],
+            f"{imp.policy_name} {imp.policy_version}",
+            REASONS.get(imp.reason, "?"),
+            f"{imp.score:.4f}",
+            "yes" if item.is_tail else "",
+            "yes" if item.is_cold else "",
+            str(item.popularity),
+        )
+    console.print(table)
+
+
+async def cmd_policies(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        answer = await client.policies()
+    table = Table(
+        title=f"Exposure policies (default {answer.default_policy}, "
+        f"version {answer.policy_version})"
+    )
+    for column in ("policy", "defaults", "description"):
+        table.add_column(column)
+    for policy in answer.policies:
+        defaults = ", ".join(f"{k}={v}" for k, v in sorted(policy.defaults.items()))
+        table.add_row(policy.name, defaults, policy.description)
+    console.print(table)
+
+
+async def cmd_load(args: argparse.Namespace) -> None:
+    from longtail_client import datasets
+
+    if args.format == "demo":
+        dataset = datasets.make_demo_catalogue(args.items, args.users, args.seed)
+    elif args.format == "movielens":
+        dataset = datasets.read_movielens(Path(args.path))
+    else:
+        dataset = datasets.read_generic(Path(args.path))
+    async with _client(args) as client:
+        report = await datasets.upload(dataset, client.profiles, timeout=args.timeout)
+    console.print(report)
+
+
+async def cmd_index(args: argparse.Namespace) -> None:
+    from longtail_client.indexing import index_catalogue
+
+    async with _client(args) as client:
+        report = await index_catalogue(client.profiles, client.embeddings, args.batch_size)
+        console.print(report)
+        reloaded = await client.ranking.ReloadModels(
+            ranking_service_pb2.ReloadModelsRequest(), timeout=120
+        )
+    console.print(
+        f"ranking reloaded: {reloaded.indexed_item_count} items, index {reloaded.index_version}"
+    )
+
+
+async def cmd_train(args: argparse.Namespace) -> None:
+    async with _client(args) as client:
+        answer = await client.ranking.TrainModel(
+            ranking_service_pb2.TrainModelRequest(factors=args.factors, iterations=args.iterations),
+            timeout=max(args.timeout, 600),
+        )
+    console.print(
+        f"collaborative model {answer.collaborative_version}: {answer.user_count} users, "
+        f"{answer.item_count} items, {answer.interaction_count} interactions "
+        f"in {answer.duration_seconds:.1f}s"
+    )
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from services.profiles.store import migrate
+
+    url = args.database_url or f"sqlite:///{Path('.longtail/longtail.db').resolve()}"
+    migrate(url)
+    console.print(f"migrated {url}")
+
+
+async def _serve_until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def cmd_up(args: argparse.Namespace, demo: bool = False) -> None:
+    from longtail_client.suite import FIXED_PORTS, LocalSuite, SuiteConfig
+
+    workdir = Path(args.workdir)
+    config = SuiteConfig(
+        workdir=workdir,
+        database_url=args.database_url,
+        ports={} if args.free_ports else FIXED_PORTS,
+    )
+    console.print("[bold]starting Triton and the five services…[/bold]")
+    async with LocalSuite(config) as suite:
+        for name, target in suite.targets.items():
+            console.print(f"  {name:<10} {target}  (log {suite.log_path(name)})")
+        console.print(f"  {'triton':<10} {suite.triton_url}")
+        if demo:
+            await _demo(args, suite.targets)
+        if args.exit:
+            return
+        console.print("[bold green]serving; Ctrl-C to stop[/bold green]")
+        await _serve_until_signal()
+
+
+async def _demo(args: argparse.Namespace, targets: dict[str, str]) -> None:
+    from longtail_client import datasets
+    from longtail_client.indexing import index_catalogue
+
+    async with LongtailClient(targets, timeout_seconds=30) as client:
+        stats = await client.profiles.GetCatalogStats(
+            profiles_service_pb2.GetCatalogStatsRequest(), timeout=30
+        )
+        if stats.item_count == 0:
+            console.print("loading the demo catalogue…")
+            dataset = datasets.make_demo_catalogue(seed=0)
+            await datasets.upload(dataset, client.profiles)
+        console.print("indexing the catalogue through Triton…")
+        console.print(await index_catalogue(client.profiles, client.embeddings))
+        console.print("training the collaborative model…")
+        trained = await client.ranking.TrainModel(
+            ranking_service_pb2.TrainModelRequest(), timeout=600
+        )
+        console.print(f"  model {trained.collaborative_version} in {trained.duration_seconds:.1f}s")
+        await client.ranking.ReloadModels(ranking_service_pb2.ReloadModelsRequest(), timeout=120)
+        page = await client.profiles.ListInteractions(
+            profiles_service_pb2.ListInteractionsRequest(page_size=1), timeout=30
+        )
+        user = page.interactions[0].user_id if page.interactions else "demo-user"
+        answer = await client.recommend(user, 10)
+        print_recommendation(answer, f"Recommend(user_id={user!r}, k=10)")
+        cold = await client.recommend(
+            "new-visitor", 10, interests="space exploration, rockets and astronomy documentaries"
+        )
+        print_recommendation(cold, "Recommend for a new user with stated interests")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longtail", description=__doc__)
+    for name in DEFAULT_TARGETS:
+        parser.add_argument(f"--{name}", help=f"{name} address (default {DEFAULT_TARGETS[name]})")
+    parser.add_argument("--token", help="bearer token (or LONGTAIL_AUTH_TOKEN)")
+    parser.add_argument("--tls-ca", help="CA certificate file for TLS")
+    parser.add_argument("--timeout", type=float, default=30.0, help="deadline per call, seconds")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    for name, helptext in (
+        ("up", "start Triton and the five services locally"),
+        ("demo", "start the suite, load+index+train the demo, recommend"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--workdir", default=".longtail", help="state folder (SQLite, artefacts)")
+        p.add_argument("--database-url", help="SQLAlchemy URL (default SQLite in the workdir)")
+        p.add_argument("--fresh", action="store_true", help="start from an empty workdir")
+        p.add_argument("--free-ports", action="store_true", help="free ports, not 50050-50054")
+        p.add_argument("--exit", action="store_true", help="stop after starting (and the demo)")
+
+    p = sub.add_parser("recommend", help="ask the gateway for a list")
+    p.add_argument("user_id")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--policy", help="relevance, tail_xquad, calibrated, mmr, tail_quota, …")
+    p.add_argument("--param", action="append", help="policy parameter key=value (repeatable)")
+    p.add_argument("--explore", type=int, default=0, help="exploration slots")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--interests", help="free-text interests (new users)")
+    p.add_argument("--request-id")
+    p.add_argument("--include-seen", action="store_true")
+
+    p = sub.add_parser("feedback", help="record feedback on a served item")
+    p.add_argument("request_id")
+    p.add_argument("item_id")
+    p.add_argument("--kind", default="click", choices=["view", "click", "purchase", "rating"])
+    p.add_argument("--value", type=float, default=0.0)
+
+    p = sub.add_parser("explain", help="show what a request served and why")
+    p.add_argument("request_id")
+
+    sub.add_parser("policies", help="list the exposure policies and their defaults")
+
+    p = sub.add_parser("load", help="load a data set into the store through profiles")
+    p.add_argument("format", choices=["movielens", "generic", "demo"])
+    p.add_argument("path", nargs="?", help="data folder (movielens, generic)")
+    p.add_argument("--items", type=int, default=3000, help="demo: items")
+    p.add_argument("--users", type=int, default=400, help="demo: users")
+    p.add_argument("--seed", type=int, default=0, help="demo: seed")
+
+    p = sub.add_parser("index", help="embed items whose vector is missing or stale")
+    p.add_argument("--batch-size", type=int, default=256)
+
+    p = sub.add_parser("train", help="train the collaborative model in the ranking service")
+    p.add_argument("--factors", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=0)
+
+    p = sub.add_parser("migrate", help="create or upgrade the store schema (Alembic)")
+    p.add_argument("--database-url")
+    return parser
+
+
+COMMANDS = {
+    "recommend": cmd_recommend,
+    "feedback": cmd_feedback,
+    "explain": cmd_explain,
+    "policies": cmd_policies,
+    "load": cmd_load,
+    "index": cmd_index,
+    "train": cmd_train,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "load" and args.format != "demo" and not args.path:
+        raise SystemExit("load movielens|generic needs a folder")
+    try:
+        if args.command == "migrate":
+            cmd_migrate(args)
+        elif args.command in ("up", "demo"):
+            if args.fresh:
+                shutil.rmtree(args.workdir, ignore_errors=True)
+            asyncio.run(cmd_up(args, demo=args.command == "demo"))
+        else:
+            asyncio.run(COMMANDS[args.command](args))
+    except grpc.aio.AioRpcError as error:
+        console.print(f"[red]{error.code().name}[/red]: {error.details()}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the profiles store (run through ``services.profiles.store.migrate``)."""
