@@ -1,0 +1,131 @@
+"""Plain records of the profiles domain (no gRPC, no SQL): what the servicer translates to/from."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import numpy.typing as npt
+
+# Interaction kinds and served-item reasons as stored (the proto enums without their prefixes).
+INTERACTION_KINDS = ("view", "click", "purchase", "rating")
+REASONS = ("relevance", "tail_boost", "explore", "diversity", "fallback")
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemVector:
+    values: Vector
+    model_name: str
+    model_version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemRecord:
+    item_id: str
+    title: str = ""
+    description: str = ""
+    tags: list[str] = dataclasses.field(default_factory=list)
+    categories: list[str] = dataclasses.field(default_factory=list)
+    attributes: dict[str, str] = dataclasses.field(default_factory=dict)
+    # None on input: now (new items) or unchanged (existing items).
+    created_at: dt.datetime | None = None
+    vector: ItemVector | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorUpdate:
+    item_id: str
+    vector: ItemVector
+
+
+@dataclasses.dataclass(frozen=True)
+class UserRecord:
+    user_id: str
+    interests: str = ""
+    attributes: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class InteractionRecord:
+    user_id: str
+    item_id: str
+    kind: str
+    value: float = 0.0
+    # None on input: the time it is recorded.
+    occurred_at: dt.datetime | None = None
+    # Empty on input: derived from the other fields (see profiles.derive_idempotency_key).
+    idempotency_key: str = ""
+    request_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ImpressionRecord:
+    request_id: str
+    position: int
+    user_id: str
+    item_id: str
+    reason: str
+    policy_name: str = ""
+    policy_version: str = ""
+    score: float = 0.0
+    # None on input: the time it is recorded.
+    served_at: dt.datetime | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    item_id: str
+    kind: str
+    value: float
+    occurred_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class UserProfile:
+    user_id: str
+    interests: str
+    history: list[HistoryEntry]
+    tail_propensity: float
+    category_mix: dict[str, float]
+    interaction_count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemStats:
+    item_id: str
+    interaction_count: int
+    impression_count: int
+    feedback_count: int
+    is_tail: bool
+    is_cold: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogStats:
+    item_count: int
+    user_count: int
+    interaction_count: int
+    impression_count: int
+    head_item_count: int
+    cold_item_count: int
+    head_min_interactions: int
+    computed_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemFilter:
+    """ListItems filters; empty strings mean "not set"."""
+
+    stale_for_model_name: str = ""
+    stale_for_model_version: str = ""
+    vector_model_name: str = ""
+    vector_model_version: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteResult:
+    recorded: int
+    duplicates: int

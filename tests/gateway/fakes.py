@@ -1,0 +1,162 @@
+"""In-memory fakes behind the gateway's ports (unit tests only)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from longtail.common.v1 import common_pb2
+from longtail.exposure.v1 import exposure_service_pb2
+from longtail.profiles.v1 import profiles_service_pb2
+from longtail.ranking.v1 import ranking_service_pb2
+
+from services.common.errors import InvalidArgument, ServiceError, Unavailable
+
+
+class FakeProfiles:
+    def __init__(self, n_items: int = 40) -> None:
+        self.items = {
+            f"i{n}": common_pb2.Item(item_id=f"i{n}", title=f"Item {n}") for n in range(n_items)
+        }
+        # i0..i7 are head (top 20%), the rest tail; i30+ cold.
+        self.stats = {
+            f"i{n}": common_pb2.ItemStats(
+                item_id=f"i{n}",
+                interaction_count=max(0, 30 - n),
+                is_tail=n >= 8,
+                is_cold=n >= 30,
+            )
+            for n in range(n_items)
+        }
+        self.profiles: dict[str, profiles_service_pb2.UserProfile] = {
+            "u1": profiles_service_pb2.UserProfile(
+                user_id="u1",
+                history=[
+                    common_pb2.HistoryEntry(item_id="i0"),
+                    common_pb2.HistoryEntry(item_id="i9"),
+                ],
+                tail_propensity=0.5,
+            )
+        }
+        self.impressions: dict[tuple[str, int], common_pb2.Impression] = {}
+        self.interactions: dict[str, common_pb2.Interaction] = {}
+        self.users: dict[str, str] = {}
+        self.down = False
+        self.impression_writes = 0
+
+    def _check(self) -> None:
+        if self.down:
+            raise Unavailable("STORE_UNAVAILABLE", "store is down")
+
+    async def get_user_profile(
+        self, user_id: str, history_limit: int, timeout: float
+    ) -> profiles_service_pb2.UserProfile | None:
+        self._check()
+        return self.profiles.get(user_id)
+
+    async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None:
+        self._check()
+        self.users[user_id] = interests
+
+    async def record_impressions(
+        self, impressions: Sequence[common_pb2.Impression], timeout: float
+    ) -> int:
+        self._check()
+        self.impression_writes += 1
+        new = 0
+        for impression in impressions:
+            key = (impression.request_id, impression.position)
+            if key not in self.impressions:
+                self.impressions[key] = impression
+                new += 1
+        return new
+
+    async def list_impressions(
+        self, request_id: str, timeout: float
+    ) -> list[common_pb2.Impression]:
+        self._check()
+        return sorted(
+            (i for (r, _), i in self.impressions.items() if r == request_id),
+            key=lambda i: i.position,
+        )
+
+    async def get_items(self, item_ids: Sequence[str], timeout: float) -> list[common_pb2.Item]:
+        self._check()
+        return [self.items[i] for i in item_ids if i in self.items]
+
+    async def get_item_stats(
+        self, item_ids: Sequence[str], timeout: float
+    ) -> list[common_pb2.ItemStats]:
+        self._check()
+        return [self.stats[i] for i in item_ids if i in self.stats]
+
+    async def list_item_stats(
+        self, page_size: int, page_token: str, timeout: float
+    ) -> tuple[list[common_pb2.ItemStats], str]:
+        self._check()
+        return list(self.stats.values()), ""
+
+    async def record_interaction(self, interaction: common_pb2.Interaction, timeout: float) -> bool:
+        self._check()
+        if interaction.idempotency_key in self.interactions:
+            return False
+        self.interactions[interaction.idempotency_key] = interaction
+        return True
+
+
+class FakeRanking:
+    def __init__(self, profiles: FakeProfiles) -> None:
+        self._profiles = profiles
+        self.error: ServiceError | None = None
+        self.last: ranking_service_pb2.RankCandidatesRequest | None = None
+
+    async def rank(
+        self, request: ranking_service_pb2.RankCandidatesRequest, timeout: float
+    ) -> ranking_service_pb2.RankCandidatesResponse:
+        self.last = request
+        if self.error is not None:
+            raise self.error
+        excluded = set(request.exclude_item_ids)
+        candidates = [
+            common_pb2.Candidate(
+                item_id=s.item_id,
+                score=1.0 / (1 + n),
+                is_tail=s.is_tail,
+                is_cold=s.is_cold,
+            )
+            for n, s in enumerate(self._profiles.stats.values())
+            if s.item_id not in excluded
+        ]
+        return ranking_service_pb2.RankCandidatesResponse(
+            candidates=candidates[: request.candidate_count], index_version="idx1"
+        )
+
+
+class FakeExposure:
+    """Relevance order; rejects a policy named mmr with lambda > 1 like the real service."""
+
+    def __init__(self) -> None:
+        self.error: ServiceError | None = None
+
+    async def rerank(
+        self, request: exposure_service_pb2.RerankRequest, timeout: float
+    ) -> exposure_service_pb2.RerankResponse:
+        if self.error is not None:
+            raise self.error
+        if request.policy.HasField("mmr") and getattr(request.policy.mmr, "lambda") > 1:
+            raise InvalidArgument("PARAMETER_OUT_OF_RANGE", "lambda must be in [0, 1]")
+        chosen = sorted(request.candidates, key=lambda c: -c.score)[: request.k]
+        return exposure_service_pb2.RerankResponse(
+            items=[
+                common_pb2.RankedItem(
+                    item_id=c.item_id,
+                    position=n,
+                    score=c.score,
+                    reason=common_pb2.REASON_RELEVANCE,
+                    is_tail=c.is_tail,
+                    is_cold=c.is_cold,
+                )
+                for n, c in enumerate(chosen)
+            ],
+            policy_name="relevance",
+            policy_version="test",
+        )

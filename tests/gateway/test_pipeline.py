@@ -1,0 +1,196 @@
+"""The Recommend pipeline against fakes behind its ports, and through a real gRPC server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from longtail.common.v1 import common_pb2
+from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
+
+from services.common.errors import DeadlineExceeded, Unavailable, error_info
+from services.common.server import RunningService, ServiceDefinition, start_service
+from services.common.settings import ServerSettings
+from services.gateway.app import SERVICE_NAME
+from services.gateway.pipeline import PipelineConfig, RecommendPipeline
+from services.gateway.servicer import GatewayServicer
+from tests.gateway.fakes import FakeExposure, FakeProfiles, FakeRanking
+
+Request = gateway_service_pb2.RecommendRequest
+
+
+class Suite:
+    def __init__(self) -> None:
+        self.profiles = FakeProfiles()
+        self.ranking = FakeRanking(self.profiles)
+        self.exposure = FakeExposure()
+        self.pipeline = RecommendPipeline(
+            self.profiles, self.ranking, self.exposure, PipelineConfig(fallback_size=20)
+        )
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[Suite, gateway_service_pb2_grpc.GatewayServiceStub]]:
+    suite = Suite()
+    definition = ServiceDefinition(
+        name="gateway",
+        servicers=[
+            (
+                gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server,
+                GatewayServicer(suite.pipeline, 2.0),
+                SERVICE_NAME,
+            )
+        ],
+    )
+    running: RunningService = await start_service(definition, ServerSettings(port=0))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield suite, gateway_service_pb2_grpc.GatewayServiceStub(channel)
+    finally:
+        await channel.close()
+        await running.stop(0)
+
+
+async def test_known_user_gets_k_distinct_unseen_items_and_impressions(served) -> None:
+    suite, stub = served
+    answer = await stub.Recommend(Request(user_id="u1", k=10), timeout=5)
+    ids = [item.item_id for item in answer.items]
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert not {"i0", "i9"} & set(ids)  # seen items excluded by default
+    assert [item.position for item in answer.items] == list(range(10))
+    assert all(item.title.startswith("Item ") for item in answer.items)
+    logged = await suite.profiles.list_impressions(answer.request_id, 1.0)
+    assert [i.item_id for i in logged] == ids
+    assert not answer.fallback and answer.policy_name == "relevance"
+
+
+async def test_include_seen_passes_no_exclusions(served) -> None:
+    suite, stub = served
+    await stub.Recommend(Request(user_id="u1", k=5, include_seen=True), timeout=5)
+    assert suite.ranking.last is not None and not suite.ranking.last.exclude_item_ids
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (Request(user_id="", k=10), "EMPTY_USER_ID"),
+        (Request(user_id="u1", k=0), "K_OUT_OF_RANGE"),
+        (Request(user_id="u1", k=101), "K_OUT_OF_RANGE"),
+        (Request(user_id="u1", k=5, interests="x" * 9000), "INTERESTS_TOO_LONG"),
+    ],
+)
+async def test_bad_input_is_invalid_argument_with_reason(served, request_, reason) -> None:
+    _, stub = served
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Recommend(request_, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info is not None and info.reason == reason
+
+
+async def test_bad_policy_parameter_is_reported_not_papered_over(served) -> None:
+    _, stub = served
+    request = Request(user_id="u1", k=5)
+    setattr(request.policy.mmr, "lambda", 3.0)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Recommend(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("broken", ["ranking", "exposure"])
+@pytest.mark.parametrize(
+    "error",
+    [
+        Unavailable("DEPENDENCY_UNAVAILABLE", "down"),
+        DeadlineExceeded("DEPENDENCY_DEADLINE", "slow"),
+    ],
+)
+async def test_dependency_down_gives_fallback_with_impressions(served, broken, error) -> None:
+    suite, stub = served
+    getattr(suite, broken).error = error
+    answer = await stub.Recommend(Request(user_id="u1", k=6), timeout=5)
+    assert answer.fallback and answer.policy_name == "fallback"
+    assert len(answer.items) == 6
+    assert all(item.reason == common_pb2.REASON_FALLBACK for item in answer.items)
+    # The fallback mixes popular and tail items and still excludes what the user has seen.
+    assert any(item.is_tail for item in answer.items)
+    assert any(not item.is_tail for item in answer.items)
+    assert not {"i0", "i9"} & {item.item_id for item in answer.items}
+    assert len(await suite.profiles.list_impressions(answer.request_id, 1.0)) == 6
+
+
+async def test_store_down_is_unavailable_and_writes_nothing(served) -> None:
+    suite, stub = served
+    suite.profiles.down = True
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Recommend(Request(user_id="u1", k=5), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert suite.profiles.impressions == {}
+
+
+async def test_replayed_request_id_logs_nothing_twice_and_answers_the_same(served) -> None:
+    suite, stub = served
+    first = await stub.Recommend(Request(user_id="u1", k=5, request_id="r-1"), timeout=5)
+    writes = suite.profiles.impression_writes
+    suite.ranking.error = Unavailable("DEPENDENCY_UNAVAILABLE", "down")  # a retry must not need it
+    again = await stub.Recommend(Request(user_id="u1", k=5, request_id="r-1"), timeout=5)
+    assert [i.item_id for i in again.items] == [i.item_id for i in first.items]
+    assert suite.profiles.impression_writes == writes
+    assert len(suite.profiles.impressions) == 5
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Recommend(Request(user_id="someone-else", k=5, request_id="r-1"), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_cold_user_interests_are_used_and_remembered(served) -> None:
+    suite, stub = served
+    answer = await stub.Recommend(Request(user_id="new", k=5, interests="jazz"), timeout=5)
+    assert len(answer.items) == 5
+    assert suite.ranking.last is not None and suite.ranking.last.interests == "jazz"
+    assert suite.profiles.users["new"] == "jazz"
+
+
+async def test_feedback_is_recorded_once_and_needs_a_served_item(served) -> None:
+    suite, stub = served
+    answer = await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
+    item = answer.items[0].item_id
+    feedback = gateway_service_pb2.FeedbackRequest(
+        request_id=answer.request_id, item_id=item, kind=common_pb2.INTERACTION_KIND_CLICK
+    )
+    assert (await stub.Feedback(feedback, timeout=5)).recorded
+    assert not (await stub.Feedback(feedback, timeout=5)).recorded
+    stored = next(iter(suite.profiles.interactions.values()))
+    assert stored.user_id == "u1" and stored.request_id == answer.request_id
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Feedback(
+            gateway_service_pb2.FeedbackRequest(
+                request_id=answer.request_id,
+                item_id="never-served",
+                kind=common_pb2.INTERACTION_KIND_CLICK,
+            ),
+            timeout=5,
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Feedback(
+            gateway_service_pb2.FeedbackRequest(request_id=answer.request_id, item_id=item),
+            timeout=5,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_explain_lists_what_was_served_and_why(served) -> None:
+    _, stub = served
+    answer = await stub.Recommend(Request(user_id="u1", k=4), timeout=5)
+    explained = await stub.ExplainRecommendation(
+        gateway_service_pb2.ExplainRecommendationRequest(request_id=answer.request_id), timeout=5
+    )
+    assert explained.user_id == "u1"
+    assert [e.impression.item_id for e in explained.items] == [i.item_id for i in answer.items]
+    assert all(e.impression.reason == common_pb2.REASON_RELEVANCE for e in explained.items)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ExplainRecommendation(
+            gateway_service_pb2.ExplainRecommendationRequest(request_id="nope"), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
