@@ -66,26 +66,33 @@ class PipelineConfig:
     title_cache_size: int = 200_000
 
 
-class TitleCache:
-    """Item titles for the response; items rarely change, so a bounded LRU saves a hop."""
+@dataclass(frozen=True)
+class ItemInfo:
+    title: str
+    categories: tuple[str, ...]
+
+
+class ItemInfoCache:
+    """Titles and categories for the response; items rarely change, so a bounded LRU saves a hop."""
 
     def __init__(self, profiles: ProfilesPort, capacity: int) -> None:
         self._profiles = profiles
         self._capacity = capacity
-        self._titles: OrderedDict[str, str] = OrderedDict()
+        self._items: OrderedDict[str, ItemInfo] = OrderedDict()
 
-    def put(self, item_id: str, title: str) -> None:
-        self._titles[item_id] = title
-        self._titles.move_to_end(item_id)
-        while len(self._titles) > self._capacity:
-            self._titles.popitem(last=False)
+    def put(self, item_id: str, info: ItemInfo) -> None:
+        self._items[item_id] = info
+        self._items.move_to_end(item_id)
+        while len(self._items) > self._capacity:
+            self._items.popitem(last=False)
 
-    async def titles(self, item_ids: Sequence[str], timeout: float) -> dict[str, str]:
-        missing = [item_id for item_id in item_ids if item_id not in self._titles]
+    async def lookup(self, item_ids: Sequence[str], timeout: float) -> dict[str, ItemInfo]:
+        missing = [item_id for item_id in item_ids if item_id not in self._items]
         if missing:
             for item in await self._profiles.get_items(missing, timeout):
-                self.put(item.item_id, item.title)
-        return {item_id: self._titles.get(item_id, "") for item_id in item_ids}
+                self.put(item.item_id, ItemInfo(item.title, tuple(item.categories)))
+        unknown = ItemInfo("", ())
+        return {item_id: self._items.get(item_id, unknown) for item_id in item_ids}
 
 
 class FallbackList:
@@ -174,7 +181,7 @@ class RecommendPipeline:
         self._ranking = ranking
         self._exposure = exposure
         self._config = config
-        self.titles = TitleCache(profiles, config.title_cache_size)
+        self.items = ItemInfoCache(profiles, config.title_cache_size)
         self.fallback = FallbackList(profiles, config.fallback_size)
 
     async def recommend(
@@ -224,17 +231,17 @@ class RecommendPipeline:
             for item in ranked
         ]
         write_timeout = deadline.timeout(WRITE_TIMEOUT)
-        titles_task = asyncio.create_task(
-            self.titles.titles([item.item_id for item in ranked], write_timeout)
+        info_task = asyncio.create_task(
+            self.items.lookup([item.item_id for item in ranked], write_timeout)
         )
         try:
             if impressions:
                 await self._profiles.record_impressions(impressions, write_timeout)
-            titles = await titles_task
+            info = await info_task
             if remember is not None:
                 await remember
         except BaseException:
-            titles_task.cancel()
+            info_task.cancel()
             if remember is not None:
                 remember.cancel()
             raise
@@ -243,12 +250,13 @@ class RecommendPipeline:
             items=[
                 gateway_service_pb2.RecommendedItem(
                     item_id=item.item_id,
-                    title=titles.get(item.item_id, ""),
+                    title=info[item.item_id].title,
                     position=item.position,
                     score=item.score,
                     reason=item.reason,
                     is_tail=item.is_tail,
                     is_cold=item.is_cold,
+                    categories=info[item.item_id].categories,
                 )
                 for item in ranked
             ],
@@ -337,7 +345,7 @@ class RecommendPipeline:
             raise InvalidArgument(
                 "REQUEST_ID_REUSED", "request_id was already used for another user"
             )
-        titles = await self.titles.titles(
+        info = await self.items.lookup(
             [i.item_id for i in logged], deadline.timeout(PROFILE_TIMEOUT)
         )
         stats = {
@@ -351,7 +359,8 @@ class RecommendPipeline:
             items=[
                 gateway_service_pb2.RecommendedItem(
                     item_id=i.item_id,
-                    title=titles.get(i.item_id, ""),
+                    title=info[i.item_id].title,
+                    categories=info[i.item_id].categories,
                     position=i.position,
                     score=i.score,
                     reason=i.reason,
@@ -417,8 +426,8 @@ class RecommendPipeline:
         if not logged:
             raise NotFound("REQUEST_NOT_FOUND", "nothing was served under that request_id")
         ids = [i.item_id for i in logged]
-        titles, stats_list = await asyncio.gather(
-            self.titles.titles(ids, deadline.timeout(PROFILE_TIMEOUT)),
+        info, stats_list = await asyncio.gather(
+            self.items.lookup(ids, deadline.timeout(PROFILE_TIMEOUT)),
             self._profiles.get_item_stats(ids, deadline.timeout(PROFILE_TIMEOUT)),
         )
         stats = {s.item_id: s for s in stats_list}
@@ -428,7 +437,7 @@ class RecommendPipeline:
             items=[
                 gateway_service_pb2.ExplainedItem(
                     impression=i,
-                    title=titles.get(i.item_id, ""),
+                    title=info[i.item_id].title,
                     is_tail=stats[i.item_id].is_tail if i.item_id in stats else False,
                     is_cold=stats[i.item_id].is_cold if i.item_id in stats else False,
                     popularity=stats[i.item_id].interaction_count if i.item_id in stats else 0,

@@ -99,9 +99,12 @@ class Database:
     def transaction(self, write: bool) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back when it raises."""
         lock = self._write_lock if write else contextlib.nullcontext()
-        with lock, Session(bind=self._writer if write else self.engine) as session:
-            with session.begin():
-                yield session
+        with (
+            lock,
+            Session(bind=self._writer if write else self.engine) as session,
+            session.begin(),
+        ):
+            yield session
 
     def call(self, fn: Callable[[Session], T], write: bool) -> T:
         try:

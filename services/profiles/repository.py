@@ -1,0 +1,489 @@
+"""SQL statements of the profiles store. Dumb on purpose: every method takes the caller's session
+(the caller owns the transaction), works on whole batches (one statement per batch, never one
+round trip per row) and validates nothing.
+
+Idempotent inserts are ``INSERT .. ON CONFLICT DO NOTHING RETURNING``: the rows it returns are the
+rows this transaction stored, so counters are bumped for exactly those, even under concurrent
+replays. Rows and counter updates go in key order so that concurrent PostgreSQL writers lock in the
+same order and cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.profiles.models import Impression, Interaction, Item, ItemCounter, User
+from services.profiles.records import (
+    HistoryEntry,
+    ImpressionRecord,
+    InteractionRecord,
+    ItemFilter,
+    ItemRecord,
+    ItemVector,
+    UserRecord,
+    VectorUpdate,
+)
+
+users_t: sa.Table = User.__table__  # type: ignore[assignment]
+items_t: sa.Table = Item.__table__  # type: ignore[assignment]
+interactions_t: sa.Table = Interaction.__table__  # type: ignore[assignment]
+impressions_t: sa.Table = Impression.__table__  # type: ignore[assignment]
+counters_t: sa.Table = ItemCounter.__table__  # type: ignore[assignment]
+
+COUNTER_COLUMNS = ("interaction_count", "impression_count", "feedback_count")
+
+# Text the encoder reads: when any of it changes, the stored vector no longer describes the item.
+_EMBEDDED_TEXT = ("title", "description", "tags", "categories")
+
+
+def vector_to_bytes(values: np.ndarray[Any, Any]) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
+
+
+def vector_from_bytes(blob: bytes) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+
+def _insert(session: Session, table: sa.Table) -> Any:
+    """The dialect's INSERT (with ON CONFLICT support)."""
+    name = session.get_bind().dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table)
+    if name == "sqlite":
+        return sqlite.insert(table)
+    raise RuntimeError(f"unsupported database dialect {name!r}")
+
+
+class Repository:
+    # ---------------------------------------------------------------- items
+
+    def upsert_items(self, session: Session, items: Sequence[ItemRecord], now: dt.datetime) -> None:
+        """Insert or replace items (their vector is kept unless their text changed)."""
+        ordered = sorted(items, key=lambda item: item.item_id)
+        with_time = [self._item_row(item, now) for item in ordered if item.created_at is not None]
+        without_time = [self._item_row(item, now) for item in ordered if item.created_at is None]
+        for rows, update_created in ((with_time, True), (without_time, False)):
+            if not rows:
+                continue
+            stmt = _insert(session, items_t)
+            excluded = stmt.excluded
+            unchanged = sa.and_(*(items_t.c[name] == excluded[name] for name in _EMBEDDED_TEXT))
+            values: dict[str, Any] = {
+                name: excluded[name]
+                for name in ("title", "description", "tags", "categories", "attributes")
+            }
+            for name in ("vector", "vector_model_name", "vector_model_version", "vector_dim"):
+                values[name] = sa.case((unchanged, items_t.c[name]), else_=sa.null())
+            if update_created:
+                values["created_at"] = excluded.created_at
+            session.execute(
+                stmt.on_conflict_do_update(index_elements=["item_id"], set_=values), rows
+            )
+        counter_rows = [{"item_id": item.item_id} for item in ordered]
+        session.execute(
+            _insert(session, counters_t).on_conflict_do_nothing(index_elements=["item_id"]),
+            counter_rows,
+        )
+
+    @staticmethod
+    def _item_row(item: ItemRecord, now: dt.datetime) -> dict[str, Any]:
+        return {
+            "item_id": item.item_id,
+            "title": item.title,
+            "description": item.description,
+            "tags": list(item.tags),
+            "categories": list(item.categories),
+            "attributes": dict(item.attributes),
+            "created_at": item.created_at or now,
+            "vector": None,
+            "vector_model_name": None,
+            "vector_model_version": None,
+            "vector_dim": None,
+        }
+
+    def existing_item_ids(self, session: Session, item_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(item_ids))
+        if not ids:
+            return set()
+        rows = session.execute(sa.select(items_t.c.item_id).where(items_t.c.item_id.in_(ids)))
+        return {row[0] for row in rows}
+
+    def _item_columns(self, include_vectors: bool) -> list[sa.ColumnElement[Any]]:
+        columns: list[sa.ColumnElement[Any]] = [
+            items_t.c.item_id,
+            items_t.c.title,
+            items_t.c.description,
+            items_t.c.tags,
+            items_t.c.categories,
+            items_t.c.attributes,
+            items_t.c.created_at,
+        ]
+        if include_vectors:
+            columns += [
+                items_t.c.vector,
+                items_t.c.vector_model_name,
+                items_t.c.vector_model_version,
+            ]
+        return columns
+
+    @staticmethod
+    def _item_from_row(row: sa.Row[Any], include_vectors: bool) -> ItemRecord:
+        vector = None
+        if include_vectors and row.vector is not None:
+            vector = ItemVector(
+                values=vector_from_bytes(row.vector),
+                model_name=row.vector_model_name or "",
+                model_version=row.vector_model_version or "",
+            )
+        return ItemRecord(
+            item_id=row.item_id,
+            title=row.title,
+            description=row.description,
+            tags=list(row.tags or []),
+            categories=list(row.categories or []),
+            attributes=dict(row.attributes or {}),
+            created_at=row.created_at,
+            vector=vector,
+        )
+
+    def get_items(
+        self, session: Session, item_ids: Iterable[str], include_vectors: bool
+    ) -> dict[str, ItemRecord]:
+        ids = sorted(set(item_ids))
+        if not ids:
+            return {}
+        stmt = sa.select(*self._item_columns(include_vectors)).where(items_t.c.item_id.in_(ids))
+        return {
+            row.item_id: self._item_from_row(row, include_vectors) for row in session.execute(stmt)
+        }
+
+    @staticmethod
+    def _item_filter(filters: ItemFilter) -> list[sa.ColumnElement[bool]]:
+        clauses: list[sa.ColumnElement[bool]] = []
+        if filters.stale_for_model_name:
+            stale = [
+                items_t.c.vector.is_(None),
+                items_t.c.vector_model_name.is_distinct_from(filters.stale_for_model_name),
+            ]
+            if filters.stale_for_model_version:
+                stale.append(
+                    items_t.c.vector_model_version.is_distinct_from(filters.stale_for_model_version)
+                )
+            clauses.append(sa.or_(*stale))
+        if filters.vector_model_name:
+            clauses += [
+                items_t.c.vector.is_not(None),
+                items_t.c.vector_model_name == filters.vector_model_name,
+            ]
+            if filters.vector_model_version:
+                clauses.append(items_t.c.vector_model_version == filters.vector_model_version)
+        return clauses
+
+    def list_items(
+        self,
+        session: Session,
+        after: str | None,
+        limit: int,
+        filters: ItemFilter,
+        include_vectors: bool,
+    ) -> list[ItemRecord]:
+        stmt = sa.select(*self._item_columns(include_vectors)).where(*self._item_filter(filters))
+        if after is not None:
+            stmt = stmt.where(items_t.c.item_id > after)
+        stmt = stmt.order_by(items_t.c.item_id).limit(limit)
+        return [self._item_from_row(row, include_vectors) for row in session.execute(stmt)]
+
+    def count_items(self, session: Session, filters: ItemFilter) -> int:
+        stmt = sa.select(sa.func.count()).select_from(items_t).where(*self._item_filter(filters))
+        return int(session.execute(stmt).scalar_one())
+
+    def any_vector_dim(self, session: Session, model_name: str, model_version: str) -> int | None:
+        """The dimension of some stored vector of this model (all of them share it)."""
+        stmt = (
+            sa.select(items_t.c.vector_dim)
+            .where(
+                items_t.c.vector_model_name == model_name,
+                items_t.c.vector_model_version == model_version,
+                items_t.c.vector_dim.is_not(None),
+            )
+            .limit(1)
+        )
+        value = session.execute(stmt).scalar_one_or_none()
+        return None if value is None else int(value)
+
+    def update_vectors(self, session: Session, updates: Sequence[VectorUpdate]) -> None:
+        rows = [
+            {
+                "b_item_id": update.item_id,
+                "b_vector": vector_to_bytes(update.vector.values),
+                "b_name": update.vector.model_name,
+                "b_version": update.vector.model_version,
+                "b_dim": len(update.vector.values),
+            }
+            for update in sorted(updates, key=lambda update: update.item_id)
+        ]
+        stmt = (
+            sa.update(items_t)
+            .where(items_t.c.item_id == sa.bindparam("b_item_id"))
+            .values(
+                vector=sa.bindparam("b_vector"),
+                vector_model_name=sa.bindparam("b_name"),
+                vector_model_version=sa.bindparam("b_version"),
+                vector_dim=sa.bindparam("b_dim"),
+            )
+        )
+        session.execute(stmt, rows)
+
+    # ---------------------------------------------------------------- users
+
+    def upsert_users(self, session: Session, users: Sequence[UserRecord], now: dt.datetime) -> None:
+        rows = [
+            {
+                "user_id": user.user_id,
+                "interests": user.interests,
+                "attributes": dict(user.attributes),
+                "created_at": now,
+            }
+            for user in sorted(users, key=lambda user: user.user_id)
+        ]
+        stmt = _insert(session, users_t)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["user_id"],
+            set_={"interests": stmt.excluded.interests, "attributes": stmt.excluded.attributes},
+        )
+        session.execute(stmt, rows)
+
+    def insert_missing_users(
+        self, session: Session, user_ids: Iterable[str], now: dt.datetime
+    ) -> None:
+        rows = [
+            {"user_id": user_id, "interests": "", "attributes": {}, "created_at": now}
+            for user_id in sorted(set(user_ids))
+        ]
+        if rows:
+            stmt = _insert(session, users_t).on_conflict_do_nothing(index_elements=["user_id"])
+            session.execute(stmt, rows)
+
+    def existing_user_ids(self, session: Session, user_ids: Iterable[str]) -> set[str]:
+        ids = sorted(set(user_ids))
+        if not ids:
+            return set()
+        rows = session.execute(sa.select(users_t.c.user_id).where(users_t.c.user_id.in_(ids)))
+        return {row[0] for row in rows}
+
+    def get_user(self, session: Session, user_id: str) -> UserRecord | None:
+        row = session.execute(
+            sa.select(users_t.c.user_id, users_t.c.interests, users_t.c.attributes).where(
+                users_t.c.user_id == user_id
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        return UserRecord(row.user_id, row.interests, dict(row.attributes or {}))
+
+    def recent_history(self, session: Session, user_id: str, limit: int) -> list[HistoryEntry]:
+        stmt = (
+            sa.select(
+                interactions_t.c.item_id,
+                interactions_t.c.kind,
+                interactions_t.c.value,
+                interactions_t.c.occurred_at,
+            )
+            .where(interactions_t.c.user_id == user_id)
+            .order_by(interactions_t.c.occurred_at.desc(), interactions_t.c.id.desc())
+            .limit(limit)
+        )
+        return [
+            HistoryEntry(row.item_id, row.kind, row.value, row.occurred_at)
+            for row in session.execute(stmt)
+        ]
+
+    def user_item_counts(self, session: Session, user_id: str) -> list[tuple[str, list[str], int]]:
+        """(item_id, categories, the user's interaction count) per item the user touched."""
+        per_item = (
+            sa.select(interactions_t.c.item_id, sa.func.count().label("n"))
+            .where(interactions_t.c.user_id == user_id)
+            .group_by(interactions_t.c.item_id)
+            .subquery()
+        )
+        stmt = sa.select(per_item.c.item_id, items_t.c.categories, per_item.c.n).join(
+            items_t, items_t.c.item_id == per_item.c.item_id
+        )
+        return [
+            (row.item_id, list(row.categories or []), int(row.n)) for row in session.execute(stmt)
+        ]
+
+    # ---------------------------------------------------------------- interactions
+
+    def insert_interactions(
+        self, session: Session, interactions: Sequence[InteractionRecord]
+    ) -> list[InteractionRecord]:
+        """Store the interactions whose key is new; returns those stored."""
+        rows = [
+            {
+                "user_id": record.user_id,
+                "item_id": record.item_id,
+                "kind": record.kind,
+                "value": record.value,
+                "occurred_at": record.occurred_at,
+                "idempotency_key": record.idempotency_key,
+                "request_id": record.request_id or None,
+            }
+            for record in sorted(interactions, key=lambda record: record.idempotency_key)
+        ]
+        if not rows:
+            return []
+        stmt = (
+            _insert(session, interactions_t)
+            .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            .returning(interactions_t.c.item_id, interactions_t.c.request_id)
+        )
+        return [
+            InteractionRecord(
+                user_id="", item_id=row.item_id, kind="", request_id=row.request_id or ""
+            )
+            for row in session.execute(stmt, rows)
+        ]
+
+    def list_interactions(
+        self, session: Session, after_id: int, limit: int
+    ) -> list[tuple[int, InteractionRecord]]:
+        stmt = (
+            sa.select(interactions_t)
+            .where(interactions_t.c.id > after_id)
+            .order_by(interactions_t.c.id)
+            .limit(limit)
+        )
+        return [
+            (
+                int(row.id),
+                InteractionRecord(
+                    user_id=row.user_id,
+                    item_id=row.item_id,
+                    kind=row.kind,
+                    value=row.value,
+                    occurred_at=row.occurred_at,
+                    idempotency_key=row.idempotency_key,
+                    request_id=row.request_id or "",
+                ),
+            )
+            for row in session.execute(stmt)
+        ]
+
+    # ---------------------------------------------------------------- impressions
+
+    def insert_impressions(
+        self, session: Session, impressions: Sequence[ImpressionRecord]
+    ) -> list[str]:
+        """Store the impressions whose (request_id, position) is new; returns their item ids."""
+        rows = [
+            {
+                "request_id": record.request_id,
+                "position": record.position,
+                "user_id": record.user_id,
+                "item_id": record.item_id,
+                "policy_name": record.policy_name,
+                "policy_version": record.policy_version,
+                "reason": record.reason,
+                "score": record.score,
+                "served_at": record.served_at,
+            }
+            for record in sorted(
+                impressions, key=lambda record: (record.request_id, record.position)
+            )
+        ]
+        if not rows:
+            return []
+        stmt = (
+            _insert(session, impressions_t)
+            .on_conflict_do_nothing(index_elements=["request_id", "position"])
+            .returning(impressions_t.c.item_id)
+        )
+        return [row.item_id for row in session.execute(stmt, rows)]
+
+    def list_impressions(self, session: Session, request_id: str) -> list[ImpressionRecord]:
+        stmt = (
+            sa.select(impressions_t)
+            .where(impressions_t.c.request_id == request_id)
+            .order_by(impressions_t.c.position)
+        )
+        return [
+            ImpressionRecord(
+                request_id=row.request_id,
+                position=row.position,
+                user_id=row.user_id,
+                item_id=row.item_id,
+                reason=row.reason,
+                policy_name=row.policy_name,
+                policy_version=row.policy_version,
+                score=row.score,
+                served_at=row.served_at,
+            )
+            for row in session.execute(stmt)
+        ]
+
+    # ---------------------------------------------------------------- counters
+
+    def bump_counters(self, session: Session, column: str, increments: Mapping[str, int]) -> None:
+        """Add ``increments[item_id]`` to one counter column (items without a row are skipped)."""
+        if column not in COUNTER_COLUMNS:
+            raise ValueError(f"unknown counter {column!r}")
+        rows = [{"b_item_id": item_id, "b_n": n} for item_id, n in sorted(increments.items()) if n]
+        if not rows:
+            return
+        target = counters_t.c[column]
+        stmt = (
+            sa.update(counters_t)
+            .where(counters_t.c.item_id == sa.bindparam("b_item_id"))
+            .values({column: target + sa.bindparam("b_n")})
+        )
+        session.execute(stmt, rows)
+
+    def counters(
+        self, session: Session, item_ids: Iterable[str]
+    ) -> dict[str, tuple[int, int, int]]:
+        ids = sorted(set(item_ids))
+        if not ids:
+            return {}
+        stmt = sa.select(counters_t).where(counters_t.c.item_id.in_(ids))
+        return {
+            row.item_id: (row.interaction_count, row.impression_count, row.feedback_count)
+            for row in session.execute(stmt)
+        }
+
+    def list_counters(
+        self, session: Session, after: str | None, limit: int
+    ) -> list[tuple[str, int, int, int]]:
+        stmt = sa.select(counters_t)
+        if after is not None:
+            stmt = stmt.where(counters_t.c.item_id > after)
+        stmt = stmt.order_by(counters_t.c.item_id).limit(limit)
+        return [
+            (row.item_id, row.interaction_count, row.impression_count, row.feedback_count)
+            for row in session.execute(stmt)
+        ]
+
+    def all_interaction_counts(self, session: Session) -> dict[str, int]:
+        """Interaction count of every catalogue item (zero included): the head/tail input."""
+        stmt = sa.select(counters_t.c.item_id, counters_t.c.interaction_count)
+        return {row[0]: int(row[1]) for row in session.execute(stmt)}
+
+    def table_counts(self, session: Session) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name, table in (
+            ("items", items_t),
+            ("users", users_t),
+            ("interactions", interactions_t),
+            ("impressions", impressions_t),
+        ):
+            counts[name] = int(
+                session.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+            )
+        return counts

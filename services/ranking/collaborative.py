@@ -1,0 +1,338 @@
+"""The collaborative model: implicit-feedback ALS (the ``implicit`` package, CPU), versioned on disk.
+
+Artefacts live in ``<artifact_dir>/collaborative/<version>/`` (factors as .npy, id maps as JSON,
+a manifest); a version is written to a temporary folder and renamed into place, then the
+``current`` pointer file is replaced atomically, so a reader never sees half a model.
+
+Serving never looks a user up: the user factor is folded in from the request's history with the
+item factors fixed (the same least-squares step ALS itself runs for users), so users who arrived
+after training, and the newest part of everyone's history, count at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse
+
+log = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float32]
+RowArray = npt.NDArray[np.int64]
+
+ARTIFACT_FORMAT = 1
+_CURRENT = "current"
+
+# Interaction kinds (longtail.common.v1.InteractionKind numbers; kept numeric so that this module
+# is usable without the generated contracts). Stronger signals weigh more in ALS confidence.
+KIND_VIEW = 1
+KIND_CLICK = 2
+KIND_PURCHASE = 3
+KIND_RATING = 4
+_KIND_WEIGHTS = {KIND_VIEW: 1.0, KIND_CLICK: 1.5, KIND_PURCHASE: 3.0}
+
+
+def interaction_weight(kind: int, value: float = 0.0) -> float:
+    """Confidence weight of one interaction (every rating is a positive, stronger when higher).
+
+    A rating ``value`` on a 0-5 scale maps to 1..2; unknown kinds weigh 1.
+    """
+    if kind == KIND_RATING:
+        return 1.0 + min(max(value, 0.0), 5.0) / 5.0
+    return _KIND_WEIGHTS.get(kind, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlsParams:
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    # Confidence = alpha * summed interaction weight (Hu, Koren & Volinsky 2008).
+    alpha: float = 2.0
+    # Fixed seed: the same interactions give the same factors.
+    random_state: int = 20_261_127
+    # The machines have 2 cores; more threads only contend.
+    num_threads: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class InteractionBatch:
+    """Interactions in columns: (user_ids[i], item_ids[i], weights[i])."""
+
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
+    weights: Sequence[float] | npt.NDArray[np.float64]
+
+
+class CollaborativeModel:
+    """Trained item factors plus what serving needs to fold users in."""
+
+    def __init__(
+        self,
+        version: str,
+        item_ids: Sequence[str],
+        item_factors: FloatArray,
+        item_counts: RowArray,
+        params: AlsParams,
+        *,
+        user_ids: Sequence[str] = (),
+        user_factors: FloatArray | None = None,
+        interaction_count: int = 0,
+        duration_seconds: float = 0.0,
+        created_at: str = "",
+    ) -> None:
+        if item_factors.shape[0] != len(item_ids) or item_counts.shape[0] != len(item_ids):
+            raise ValueError("item factors, counts and ids differ in length")
+        self.version = version
+        self.item_ids = list(item_ids)
+        self.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+        self.item_counts = np.asarray(item_counts, dtype=np.int64)
+        self.params = params
+        self.user_ids = list(user_ids)
+        self.user_factors = user_factors
+        self.interaction_count = interaction_count
+        self.duration_seconds = duration_seconds
+        self.created_at = created_at
+        self.item_rows = {item_id: row for row, item_id in enumerate(self.item_ids)}
+        factors = self.item_factors.astype(np.float64)
+        # Y^T Y + lambda I: the shared part of every user's normal equations.
+        self._gram = factors.T @ factors + params.regularization * np.eye(factors.shape[1])
+
+    @property
+    def factors(self) -> int:
+        return int(self.item_factors.shape[1])
+
+    @property
+    def item_count(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def user_count(self) -> int:
+        return len(self.user_ids)
+
+    def fold_in(self, rows: RowArray, weights: npt.ArrayLike) -> FloatArray | None:
+        """The user factor for a history given as model item rows and interaction weights.
+
+        Solves (Y^T C_u Y + lambda I) x = Y^T C_u p_u, written as
+        (Y^T Y + lambda I + Y_h^T (C_h - I) Y_h) x = Y_h^T c_h — what implicit's
+        ``recalculate_user`` computes. Repeated items have their weights summed.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.shape[0] == 0:
+            return None
+        unique, inverse = np.unique(rows, return_inverse=True)
+        summed = np.bincount(inverse, weights=np.asarray(weights, dtype=np.float64))
+        confidence = self.params.alpha * summed
+        history = self.item_factors[unique].astype(np.float64)
+        lhs = self._gram + (history.T * (confidence - 1.0)) @ history
+        rhs = history.T @ confidence
+        try:
+            solution = np.linalg.solve(lhs, rhs)
+        except np.linalg.LinAlgError:
+            solution = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        return solution.astype(np.float32)
+
+    def scores(self, user_factor: FloatArray) -> FloatArray:
+        """Predicted preference of the user for every model item (row order)."""
+        result: FloatArray = self.item_factors @ user_factor
+        return result
+
+
+def _threadpool_limits(limit: int) -> contextlib.AbstractContextManager[Any]:
+    # implicit's solver does its own threading; OpenBLAS threads on top of it only contend.
+    try:
+        import threadpoolctl  # type: ignore[import-untyped]
+    except ImportError:  # pragma: no cover - installed with implicit
+        return contextlib.nullcontext()
+    limits: contextlib.AbstractContextManager[Any] = threadpoolctl.threadpool_limits(
+        limit, "blas"
+    )
+    return limits
+
+
+def train_als(
+    batches: Iterable[InteractionBatch], params: AlsParams | None = None, version: str | None = None
+) -> CollaborativeModel:
+    """Fit ALS on all interactions (CPU-heavy: call it off the event loop).
+
+    Raises ``ValueError`` when there are no interactions.
+    """
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    params = params or AlsParams()
+    started = time.perf_counter()
+    users: list[str] = []
+    items: list[str] = []
+    weight_parts: list[npt.NDArray[np.float64]] = []
+    for batch in batches:
+        users.extend(batch.user_ids)
+        items.extend(batch.item_ids)
+        weight_parts.append(np.asarray(batch.weights, dtype=np.float64))
+    if not users:
+        raise ValueError("no interactions to train on")
+    weights = np.concatenate(weight_parts)
+    # Sorted id maps make the matrix, and so the factors, independent of the paging order.
+    user_ids, user_index = np.unique(np.asarray(users, dtype=object), return_inverse=True)
+    item_ids, item_index = np.unique(np.asarray(items, dtype=object), return_inverse=True)
+    matrix = scipy.sparse.csr_matrix(
+        (weights.astype(np.float32), (user_index, item_index)),
+        shape=(len(user_ids), len(item_ids)),
+        dtype=np.float32,
+    )
+    matrix.sum_duplicates()
+    item_counts = np.bincount(item_index, minlength=len(item_ids)).astype(np.int64)
+
+    with _threadpool_limits(1):
+        model = AlternatingLeastSquares(
+            factors=params.factors,
+            regularization=params.regularization,
+            alpha=params.alpha,
+            iterations=params.iterations,
+            calculate_training_loss=False,
+            num_threads=params.num_threads,
+            random_state=params.random_state,
+        )
+        model.fit(matrix, show_progress=False)
+    item_factors = np.asarray(model.item_factors, dtype=np.float32)
+    user_factors = np.asarray(model.user_factors, dtype=np.float32)
+    duration = time.perf_counter() - started
+    if version is None:
+        digest = hashlib.sha256(item_factors.tobytes()).hexdigest()[:8]
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%f")
+        version = f"als-{stamp}-{digest}"
+    return CollaborativeModel(
+        version,
+        [str(i) for i in item_ids],
+        item_factors,
+        item_counts,
+        params,
+        user_ids=[str(u) for u in user_ids],
+        user_factors=user_factors,
+        interaction_count=len(users),
+        duration_seconds=duration,
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(),
+    )
+
+
+class ArtifactStore:
+    """Versioned collaborative artefacts under ``<root>/collaborative``."""
+
+    def __init__(self, root: Path, keep: int = 5) -> None:
+        self.root = Path(root) / "collaborative"
+        self.keep = keep
+
+    def _version_dir(self, version: str) -> Path:
+        if not version or "/" in version or version.startswith("."):
+            raise ValueError(f"bad model version {version!r}")
+        return self.root / version
+
+    def save(self, model: CollaborativeModel) -> Path:
+        """Write ``model`` as a new version and point ``current`` at it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self._version_dir(model.version)
+        if final.exists():
+            raise FileExistsError(f"model version {model.version} already stored")
+        staging = self.root / f".tmp-{model.version}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        np.save(staging / "item_factors.npy", model.item_factors, allow_pickle=False)
+        np.save(staging / "item_counts.npy", model.item_counts, allow_pickle=False)
+        if model.user_factors is not None:
+            np.save(staging / "user_factors.npy", model.user_factors, allow_pickle=False)
+        (staging / "item_ids.json").write_text(json.dumps(model.item_ids))
+        (staging / "user_ids.json").write_text(json.dumps(model.user_ids))
+        manifest = {
+            "format": ARTIFACT_FORMAT,
+            "version": model.version,
+            "created_at": model.created_at,
+            "params": dataclasses.asdict(model.params),
+            "user_count": model.user_count,
+            "item_count": model.item_count,
+            "interaction_count": model.interaction_count,
+            "duration_seconds": model.duration_seconds,
+        }
+        # The manifest is written last: a folder without one is never loaded.
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        os.rename(staging, final)
+        self._point_current(model.version)
+        self._prune(model.version)
+        return final
+
+    def _point_current(self, version: str) -> None:
+        pointer = self.root / _CURRENT
+        temporary = self.root / f".{_CURRENT}.{os.getpid()}"
+        temporary.write_text(version + "\n")
+        os.replace(temporary, pointer)
+
+    def _prune(self, current: str) -> None:
+        stored = self.versions()
+        for old in stored[: max(len(stored) - self.keep, 0)]:
+            if old != current:
+                shutil.rmtree(self.root / old, ignore_errors=True)
+
+    def versions(self) -> list[str]:
+        """Complete stored versions, oldest first (by manifest creation time, then name)."""
+        if not self.root.is_dir():
+            return []
+        found: list[tuple[str, str]] = []
+        for path in self.root.iterdir():
+            manifest = path / "manifest.json"
+            if path.name.startswith(".") or not manifest.is_file():
+                continue
+            try:
+                created = str(json.loads(manifest.read_text()).get("created_at", ""))
+            except (OSError, ValueError):
+                continue
+            found.append((created, path.name))
+        return [name for _, name in sorted(found)]
+
+    def current_version(self) -> str | None:
+        """The version ``current`` points at, else the newest complete one."""
+        pointer = self.root / _CURRENT
+        if pointer.is_file():
+            version = pointer.read_text().strip()
+            if version and (self.root / version / "manifest.json").is_file():
+                return version
+            log.warning("current model pointer is dangling", extra={"fields": {"v": version}})
+        stored = self.versions()
+        return stored[-1] if stored else None
+
+    def load(self, version: str) -> CollaborativeModel:
+        folder = self._version_dir(version)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        if manifest.get("format") != ARTIFACT_FORMAT:
+            raise ValueError(f"unsupported artefact format {manifest.get('format')!r}")
+        user_factors_path = folder / "user_factors.npy"
+        return CollaborativeModel(
+            version,
+            json.loads((folder / "item_ids.json").read_text()),
+            np.load(folder / "item_factors.npy", allow_pickle=False),
+            np.load(folder / "item_counts.npy", allow_pickle=False),
+            AlsParams(**manifest["params"]),
+            user_ids=json.loads((folder / "user_ids.json").read_text()),
+            user_factors=(
+                np.load(user_factors_path, allow_pickle=False)
+                if user_factors_path.is_file()
+                else None
+            ),
+            interaction_count=int(manifest.get("interaction_count", 0)),
+            duration_seconds=float(manifest.get("duration_seconds", 0.0)),
+            created_at=str(manifest.get("created_at", "")),
+        )
+
+    def load_current(self) -> CollaborativeModel | None:
+        version = self.current_version()
+        return None if version is None else self.load(version)
