@@ -1,0 +1,1 @@
+"""Embeddings service: text -> vectors through NVIDIA Triton (the only Triton caller)."""

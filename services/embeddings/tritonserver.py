@@ -63,6 +63,7 @@ class TritonDistribution:
     binary: Path
     python_backend: Path
     stub: Path
+    libs: Path
 
     @classmethod
     def find(cls) -> TritonDistribution:
@@ -75,6 +76,7 @@ class TritonDistribution:
             binary=root / "bin" / "tritonserver",
             python_backend=root / "backends" / "python",
             stub=root / "python_backend_stubs" / version / "triton_python_backend_stub",
+            libs=root.parent.parent / "nvidia_pytriton.libs",
         )
         for path in (found.binary, found.python_backend / "libtriton_python.so", found.stub):
             if not path.exists():
@@ -228,10 +230,17 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     libdir = sysconfig.get_config_var("LIBDIR")
     paths = [libdir] if libdir else []
-    paths += [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p and p != libdir]
+    # The stub is copied out of the wheel, so its relative RPATH to the bundled libraries (CUDA
+    # runtime stubs) no longer resolves: name that folder explicitly.
+    bundled = TritonDistribution.find().libs
+    if bundled.is_dir():
+        paths.append(str(bundled))
+    paths += [p for p in env.get("LD_LIBRARY_PATH", "").split(":") if p and p not in paths]
     env["LD_LIBRARY_PATH"] = ":".join(paths)
     venv_bin = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([venv_bin, *(p for p in env.get("PATH", "").split(os.pathsep) if p)])
+    env["PATH"] = os.pathsep.join(
+        [venv_bin, *(p for p in env.get("PATH", "").split(os.pathsep) if p)]
+    )
     if sys.prefix != sys.base_prefix:
         env["VIRTUAL_ENV"] = sys.prefix
     env.pop("PYTHONHOME", None)
@@ -403,8 +412,7 @@ class TritonServer:
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise TritonStartError(
-                    f"tritonserver exited with code {code} before it was ready:\n"
-                    + self.log_tail()
+                    f"tritonserver exited with code {code} before it was ready:\n" + self.log_tail()
                 )
             if all(_http_ok(url) for url in urls):
                 return
@@ -533,10 +541,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_path=options.log_file,
     )
     stop = threading.Event()
+    started = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        if not started:  # abort a start in progress; ``finally`` below cleans up
+            raise SystemExit(128 + signum)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     try:
         server.start()
+        started = True
         print(f"TRITON_GRPC {server.grpc_url}", flush=True)
         print(f"TRITON_HTTP {server.http_url}", flush=True)
         print(f"TRITON_METRICS http://{server.host}:{server.metrics_port}/metrics", flush=True)

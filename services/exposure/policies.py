@@ -338,7 +338,7 @@ def relevance(ctx: PolicyContext, config: RelevanceConfig, k: int) -> list[Place
 def tail_xquad(ctx: PolicyContext, config: TailXquadConfig, k: int) -> list[Placed]:
     """Personalised xQuAD over the aspects {head, tail} (Abdollahpouri et al. 2019).
 
-    gain(i) = (1-lambda) * rel(i) + lambda * sum_a P(a|u) * P(i in a) * prod_{j in S} (1 - P(j in a))
+    gain(i) = (1-lambda) rel(i) + lambda sum_a P(a|u) P(i in a) prod_{j in S} (1 - P(j in a))
     with binary membership, P(tail|u) = the user's tail propensity (0.5 when not personalised)
     and P(head|u) = 1 - P(tail|u). Membership being binary, each aspect's term vanishes once the
     list holds one of its items (the paper's "binary" variant); from then on relevance decides.
@@ -362,9 +362,7 @@ def tail_xquad(ctx: PolicyContext, config: TailXquadConfig, k: int) -> list[Plac
         order.append(best)
         cover_tail *= 1.0 - tail[best]
         cover_head *= 1.0 - head[best]
-    return _place(
-        ranked, order, lambda c: Reason.TAIL_BOOST if c.in_tail else Reason.DIVERSITY
-    )
+    return _place(ranked, order, lambda c: Reason.TAIL_BOOST if c.in_tail else Reason.DIVERSITY)
 
 
 def calibrated(ctx: PolicyContext, config: CalibratedConfig, k: int) -> list[Placed]:

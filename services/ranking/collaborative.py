@@ -1,4 +1,4 @@
-"""The collaborative model: implicit-feedback ALS (the ``implicit`` package, CPU), versioned on disk.
+"""The collaborative model: implicit-feedback ALS (``implicit``, CPU), versioned on disk.
 
 Artefacts live in ``<artifact_dir>/collaborative/<version>/`` (factors as .npy, id maps as JSON,
 a manifest); a version is written to a temporary folder and renamed into place, then the
@@ -157,9 +157,7 @@ def _threadpool_limits(limit: int) -> contextlib.AbstractContextManager[Any]:
         import threadpoolctl  # type: ignore[import-untyped]
     except ImportError:  # pragma: no cover - installed with implicit
         return contextlib.nullcontext()
-    limits: contextlib.AbstractContextManager[Any] = threadpoolctl.threadpool_limits(
-        limit, "blas"
-    )
+    limits: contextlib.AbstractContextManager[Any] = threadpoolctl.threadpool_limits(limit, "blas")
     return limits
 
 

@@ -34,6 +34,8 @@ IndexKind = Literal["flat", "hnsw"]
 MIN_FILTERED_SELECTIVITY = 0.3
 
 _version_counter = itertools.count(1)
+# FAISS's bundled stubs lack the search-parameter classes; use them untyped.
+_FAISS: Any = faiss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,11 +135,11 @@ class _Segment:
             # Recall@k needs a beam of at least k; a selector rejecting part of the graph needs a
             # proportionally wider beam to still collect k members.
             ef = math.ceil(max(self.ef_search, k) / max(selectivity, 1e-3))
-            params = faiss.SearchParametersHNSW(efSearch=ef)
+            params = _FAISS.SearchParametersHNSW(efSearch=ef)
             if selector is not None:
                 params.sel = selector
         elif selector is not None:
-            params = faiss.SearchParameters(sel=selector)
+            params = _FAISS.SearchParameters(sel=selector)
         scores, local = self.index.search(queries, k, params=params)
         rows = np.where(local >= 0, local + self.offset, -1).astype(np.int64)
         return scores.astype(np.float32, copy=False), rows
@@ -174,9 +176,7 @@ class AllowMask:
             raise ValueError("mask length differs from the index size")
         self.count = int(mask.sum())
         self.selectivity = self.count / index.size if index.size else 0.0
-        self.bitmaps = [
-            _bitmap(mask[seg.offset : seg.offset + seg.size]) for seg in index.segments
-        ]
+        self.bitmaps = [_bitmap(mask[seg.offset : seg.offset + seg.size]) for seg in index.segments]
 
 
 class VectorIndex:
@@ -233,7 +233,10 @@ class VectorIndex:
         delta = _Segment(base.size, np.vstack([delta_old, new_vectors]), "flat", self.params)
         size = self.size + int(new_vectors.shape[0])
         return VectorIndex(
-            [base, delta], self.dimension, self.params, version or new_version("idx", size),
+            [base, delta],
+            self.dimension,
+            self.params,
+            version or new_version("idx", size),
             self.base_size,
         )
 
@@ -367,7 +370,9 @@ class PoolIndex:
             return f"own-{self._own.kind}"
         return "filtered" if self._parent is not None else "empty"
 
-    def search(self, query: npt.ArrayLike, k: int, *, exclude: RowArray | None = None) -> SearchResult:
+    def search(
+        self, query: npt.ArrayLike, k: int, *, exclude: RowArray | None = None
+    ) -> SearchResult:
         """The ``k`` pool rows (catalogue rows) closest to ``query``, excluding ``exclude``."""
         if self.size == 0 or k <= 0:
             return EMPTY_RESULT

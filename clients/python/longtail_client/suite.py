@@ -19,9 +19,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2
+
+if TYPE_CHECKING:
+    from services.embeddings.tritonserver import TritonServer
 
 from services.common.channels import check_health
 
@@ -78,7 +82,7 @@ class LocalSuite:
         self.config = config
         self._processes: dict[str, _Process] = {}
         self._ports: dict[str, int] = {}
-        self._triton: object | None = None
+        self._triton: TritonServer | None = None
         self.triton_url: str = config.triton_url or ""
 
     @property
@@ -120,18 +124,24 @@ class LocalSuite:
         await self.wait_healthy(SERVICES)
 
     async def start_triton(self) -> None:
-        from services.embeddings.tritonserver import TritonServer
+        """Start Triton (again, on the same ports, after ``stop_triton``)."""
+        from services.embeddings.tritonserver import TritonServer, free_ports
 
-        triton = TritonServer(workdir=self.config.workdir / "triton")
-        await asyncio.to_thread(triton.start)
-        self._triton = triton
-        self.triton_url = triton.grpc_url
+        if self._triton is None:
+            http_port, grpc_port, metrics_port = free_ports(3, self.config.host)
+            self._triton = TritonServer(
+                host=self.config.host,
+                http_port=http_port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                log_path=self.log_path("triton"),
+            )
+        await asyncio.to_thread(self._triton.start)
+        self.triton_url = self._triton.grpc_url
 
     async def stop_triton(self) -> None:
-        triton = self._triton
-        self._triton = None
-        if triton is not None:
-            await asyncio.to_thread(triton.stop)  # type: ignore[attr-defined]
+        if self._triton is not None:
+            await asyncio.to_thread(self._triton.stop)
 
     def _environment(self, name: str) -> dict[str, str]:
         prefix = f"LONGTAIL_{name.upper()}_"

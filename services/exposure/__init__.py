@@ -1,0 +1,1 @@
+"""Exposure service: re-ranking policies that choose the final k, each item with a reason."""

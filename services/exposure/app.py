@@ -1,0 +1,50 @@
+"""Builds the exposure service: the profiles channel (counters), the reranker, the servicer."""
+
+from __future__ import annotations
+
+from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
+
+from services.common.channels import open_channel
+from services.common.server import ServiceDefinition
+from services.common.settings import ClientSettings
+from services.exposure.config import ExposureSettings
+from services.exposure.reranker import Reranker
+from services.exposure.servicer import ExposureServicer
+from services.exposure.stats import ExposureStatsSource, ProfilesStatsSource
+
+__all__ = ["SERVICE_NAME", "ExposureSettings", "build", "build_with"]
+
+SERVICE_NAME = exposure_service_pb2.DESCRIPTOR.services_by_name["ExposureService"].full_name
+
+
+def build_with(settings: ExposureSettings, stats: ExposureStatsSource) -> ServiceDefinition:
+    """The service over any counters source (tests pass a fake)."""
+    reranker = Reranker(stats, settings.policy_defaults(), settings.profiles_timeout_seconds)
+    return ServiceDefinition(
+        name="exposure",
+        servicers=[
+            (
+                exposure_service_pb2_grpc.add_ExposureServiceServicer_to_server,
+                ExposureServicer(reranker),
+                SERVICE_NAME,
+            )
+        ],
+    )
+
+
+async def build(settings: ExposureSettings) -> ServiceDefinition:
+    channel = open_channel(
+        ClientSettings(
+            target=settings.profiles_target,
+            tls_ca_file=settings.client_tls_ca_file,
+            auth_token=settings.client_auth_token,
+            timeout_seconds=settings.profiles_timeout_seconds,
+        )
+    )
+    definition = build_with(settings, ProfilesStatsSource(channel))
+
+    async def close() -> None:
+        await channel.close()
+
+    definition.on_shutdown = close
+    return definition

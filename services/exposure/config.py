@@ -1,0 +1,41 @@
+"""Exposure settings, read from ``LONGTAIL_EXPOSURE_*``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from services.common.errors import InvalidArgument
+from services.common.settings import SettingsError
+from services.exposure.reranker import PolicyDefaults
+
+
+@dataclasses.dataclass(frozen=True)
+class ExposureSettings:
+    # Where the exposure counters come from (GetItemStats), for fair_exposure and explore.
+    profiles_target: str = "127.0.0.1:50051"
+    # The policy serving requests that name none (any name ListPolicies lists).
+    default_policy: str = "tail_quota"
+    # tail_quota's min_tail_share when a request leaves it unset.
+    default_min_tail_share: float = 0.3
+    # Exploration slots added to requests that name no policy (capped at k).
+    default_explore_slots: int = 1
+    default_explore_first_position: int = 2
+    # Deadline of a GetItemStats call when the caller sets none (else a share of the caller's).
+    profiles_timeout_seconds: float = 0.2
+    client_tls_ca_file: Path | None = None
+    client_auth_token: str | None = None
+
+    def __post_init__(self) -> None:
+        self.policy_defaults()  # a bad default is a start-up error, not a per-request one
+
+    def policy_defaults(self) -> PolicyDefaults:
+        try:
+            return PolicyDefaults(
+                policy=self.default_policy,
+                params={"tail_quota": {"min_tail_share": self.default_min_tail_share}},
+                explore_slots=self.default_explore_slots,
+                explore_first_position=self.default_explore_first_position,
+            )
+        except InvalidArgument as error:
+            raise SettingsError(f"configuration error: {error.message}") from error

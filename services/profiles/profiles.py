@@ -1,0 +1,640 @@
+"""The profiles domain: validation, idempotency, counters, head/tail and profiles.
+
+Every public method is one transaction (``Database.run``): a batch is stored whole or not at all,
+and the counters it changes are updated in the same transaction. Bad input raises
+``InvalidArgument`` with a specific reason before anything touches the store.
+
+Idempotency:
+- interactions are keyed by ``idempotency_key``; when it is empty the key is derived from
+  (user_id, item_id, kind, value, occurred_at, request_id) *as sent*. A replay therefore stores
+  nothing twice. Two genuinely separate identical events must differ in ``occurred_at`` (or carry
+  their own keys): without a timestamp and a request id they are taken for one replayed event.
+- impressions are keyed by (request_id, position).
+
+Head/tail follows ``services.common.tail`` (head = top 20% of catalogue items by interaction
+count; tail = the rest, cold = zero interactions) over the interaction counters of every item.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from services.common.errors import InvalidArgument, NotFound
+from services.common.tail import head_items
+from services.profiles.records import (
+    INTERACTION_KINDS,
+    REASONS,
+    CatalogStats,
+    ImpressionRecord,
+    InteractionRecord,
+    ItemFilter,
+    ItemRecord,
+    ItemStats,
+    UserProfile,
+    UserRecord,
+    VectorUpdate,
+    WriteResult,
+)
+from services.profiles.repository import Repository
+from services.profiles.store import Database
+
+T = TypeVar("T")
+
+MAX_BATCH = 1000
+MAX_ID_LENGTH = 255
+MAX_KEY_LENGTH = 128
+ITEMS_PAGE = (100, 1000)  # (default, maximum)
+INTERACTIONS_PAGE = (1000, 10_000)
+ITEM_STATS_PAGE = (1000, 10_000)
+HISTORY_LIMIT = (50, 1000)
+# Unknown ids named in a NOT_FOUND error (the rest are counted).
+_NAMED_IDS = 10
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# ------------------------------------------------------------------------- validation
+
+
+def check_batch(entries: Sequence[object], what: str) -> None:
+    if len(entries) > MAX_BATCH:
+        raise InvalidArgument(
+            "BATCH_TOO_LARGE",
+            f"at most {MAX_BATCH} {what} per call, got {len(entries)}",
+            limit=MAX_BATCH,
+            size=len(entries),
+        )
+
+
+def check_id(value: str, reason: str, what: str, index: int | None = None) -> None:
+    where = "" if index is None else f" (entry {index})"
+    if not value:
+        raise InvalidArgument(reason, f"{what} is empty{where}", index=index)
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(
+            "ID_TOO_LONG", f"{what} is longer than {MAX_ID_LENGTH} characters{where}", index=index
+        )
+
+
+def check_page_size(page_size: int, limits: tuple[int, int]) -> int:
+    default, maximum = limits
+    if page_size == 0:
+        return default
+    if page_size < 0 or page_size > maximum:
+        raise InvalidArgument(
+            "INVALID_PAGE_SIZE", f"page_size must be in 1..{maximum} (0 = {default})"
+        )
+    return page_size
+
+
+def encode_page_token(kind: str, after: str | int, fingerprint: str = "") -> str:
+    raw = json.dumps({"k": kind, "a": after, "f": fingerprint}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str, kind: str, fingerprint: str = "") -> str | int | None:
+    """The key after which the page starts (None for the first page)."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        payload = json.loads(raw)
+        after = payload["a"]
+        valid = payload["k"] == kind and payload["f"] == fingerprint
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        valid = False
+    if not valid or not isinstance(after, (str, int)):
+        raise InvalidArgument(
+            "INVALID_PAGE_TOKEN", "page_token was not returned by this call with these filters"
+        )
+    return after
+
+
+def _missing_error(reason: str, what: str, missing: set[str]) -> NotFound:
+    named = sorted(missing)[:_NAMED_IDS]
+    return NotFound(
+        reason,
+        f"{len(missing)} unknown {what}: {', '.join(named)}",
+        ids=",".join(named),
+        count=len(missing),
+    )
+
+
+def derive_idempotency_key(
+    user_id: str,
+    item_id: str,
+    kind: str,
+    value: float,
+    occurred_at: dt.datetime | None,
+    request_id: str,
+) -> str:
+    stamp = "" if occurred_at is None else occurred_at.astimezone(dt.UTC).isoformat()
+    payload = json.dumps([user_id, item_id, kind, repr(float(value)), stamp, request_id])
+    return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------- head/tail cache
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSnapshot:
+    head: frozenset[str]
+    catalogue_size: int
+    cold_count: int
+    head_min_interactions: int
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int]) -> HeadSnapshot:
+        head = head_items(counts)
+        return cls(
+            head=head,
+            catalogue_size=len(counts),
+            cold_count=sum(1 for n in counts.values() if n == 0),
+            head_min_interactions=min((counts[item] for item in head), default=0),
+        )
+
+
+class HeadCache:
+    """The head set, recomputed when interactions changed (at most every ``min_refresh_seconds``)
+    or when older than ``max_age_seconds`` (other replicas write too). Thread-safe; while one thread
+    recomputes, the others keep using the previous set."""
+
+    def __init__(
+        self,
+        max_age_seconds: float = 5.0,
+        min_refresh_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max_age = max_age_seconds
+        self._min_refresh = min_refresh_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._snapshot: HeadSnapshot | None = None
+        self._loaded_at = 0.0
+        self._changed = False
+
+    def mark_changed(self) -> None:
+        self._changed = True
+
+    def _due(self) -> bool:
+        if self._snapshot is None:
+            return True
+        age = self._clock() - self._loaded_at
+        return age >= self._max_age or (self._changed and age >= self._min_refresh)
+
+    def get(self, load: Callable[[], Mapping[str, int]], force: bool = False) -> HeadSnapshot:
+        snapshot = self._snapshot
+        if snapshot is not None and not force and not self._due():
+            return snapshot
+        if not self._lock.acquire(blocking=snapshot is None or force):
+            assert snapshot is not None
+            return snapshot
+        try:
+            if not force and self._snapshot is not None and not self._due():
+                return self._snapshot
+            # Cleared before loading: a change committed during the load triggers the next one.
+            changed, self._changed = self._changed, False
+            try:
+                fresh = HeadSnapshot.from_counts(load())
+            except BaseException:
+                self._changed = self._changed or changed
+                raise
+            self._snapshot = fresh
+            self._loaded_at = self._clock()
+            return fresh
+        finally:
+            self._lock.release()
+
+
+# ------------------------------------------------------------------------- the domain
+
+
+@dataclasses.dataclass(frozen=True)
+class Page(Generic[T]):
+    entries: list[T]
+    next_page_token: str
+    total_size: int = 0
+
+
+class Profiles:
+    """Every ProfilesService operation, on plain records."""
+
+    def __init__(
+        self,
+        database: Database,
+        repository: Repository,
+        head_cache: HeadCache,
+        now: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._db = database
+        self._repo = repository
+        self._head = head_cache
+        self._now = now
+
+    def _head_snapshot(self, session: Session, force: bool = False) -> HeadSnapshot:
+        return self._head.get(lambda: self._repo.all_interaction_counts(session), force=force)
+
+    # ---------------------------------------------------------------- items
+
+    async def upsert_items(self, items: Sequence[ItemRecord]) -> int:
+        check_batch(items, "items")
+        for index, item in enumerate(items):
+            check_id(item.item_id, "EMPTY_ITEM_ID", "item_id", index)
+        # Last one wins when an id repeats (ON CONFLICT cannot touch a row twice in a statement).
+        unique = list({item.item_id: item for item in items}.values())
+        vectors = [
+            VectorUpdate(item.item_id, item.vector) for item in unique if item.vector is not None
+        ]
+        if vectors:
+            self._check_vectors(vectors)
+        if not unique:
+            return 0
+        now = self._now()
+
+        def write(session: Session) -> int:
+            self._repo.upsert_items(session, unique, now)
+            if vectors:
+                self._check_stored_dims(session, vectors)
+                self._repo.update_vectors(session, vectors)
+            return len(unique)
+
+        return await self._db.run(write, write=True)
+
+    async def get_items(
+        self, item_ids: Sequence[str], include_vectors: bool
+    ) -> tuple[list[ItemRecord], list[str]]:
+        check_batch(item_ids, "item_ids")
+        for index, item_id in enumerate(item_ids):
+            check_id(item_id, "EMPTY_ITEM_ID", "item_id", index)
+        found = await self._db.run(
+            lambda session: self._repo.get_items(session, item_ids, include_vectors)
+        )
+        items = [found[item_id] for item_id in item_ids if item_id in found]
+        missing = list(dict.fromkeys(item_id for item_id in item_ids if item_id not in found))
+        return items, missing
+
+    async def list_items(
+        self, page_size: int, page_token: str, filters: ItemFilter, include_vectors: bool
+    ) -> Page[ItemRecord]:
+        size = check_page_size(page_size, ITEMS_PAGE)
+        fingerprint = hashlib.sha256(json.dumps(dataclasses.astuple(filters)).encode()).hexdigest()[
+            :16
+        ]
+        after = decode_page_token(page_token, "items", fingerprint)
+        if after is not None and not isinstance(after, str):
+            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not an items token")
+
+        def read(session: Session) -> tuple[list[ItemRecord], int]:
+            # One row more than asked tells whether another page follows.
+            items = self._repo.list_items(session, after, size + 1, filters, include_vectors)
+            return items, self._repo.count_items(session, filters)
+
+        items, total = await self._db.run(read)
+        token = ""
+        if len(items) > size:
+            items = items[:size]
+            token = encode_page_token("items", items[-1].item_id, fingerprint)
+        return Page(items, token, total)
+
+    @staticmethod
+    def _check_vectors(updates: Sequence[VectorUpdate]) -> None:
+        dims: set[int] = set()
+        for index, update in enumerate(updates):
+            check_id(update.item_id, "EMPTY_ITEM_ID", "item_id", index)
+            vector = update.vector
+            if not vector.model_name or not vector.model_version:
+                raise InvalidArgument(
+                    "MISSING_VECTOR_MODEL",
+                    f"vector of {update.item_id!r} needs model_name and model_version",
+                    index=index,
+                )
+            if vector.values.size == 0:
+                raise InvalidArgument(
+                    "EMPTY_VECTOR", f"vector of {update.item_id!r} is empty", index=index
+                )
+            if not bool(np.isfinite(vector.values).all()):
+                raise InvalidArgument(
+                    "NON_FINITE_VECTOR",
+                    f"vector of {update.item_id!r} holds NaN or infinity",
+                    index=index,
+                )
+            dims.add(int(vector.values.size))
+            if len(dims) > 1:
+                raise InvalidArgument(
+                    "VECTOR_DIMENSION_MISMATCH",
+                    f"vectors of one batch differ in dimension: {sorted(dims)}",
+                    index=index,
+                )
+
+    def _check_stored_dims(self, session: Session, updates: Sequence[VectorUpdate]) -> None:
+        models = {(u.vector.model_name, u.vector.model_version) for u in updates}
+        dim = int(updates[0].vector.values.size)
+        for name, version in sorted(models):
+            stored = self._repo.any_vector_dim(session, name, version)
+            if stored is not None and stored != dim:
+                raise InvalidArgument(
+                    "VECTOR_DIMENSION_MISMATCH",
+                    f"{name}/{version} vectors are stored with dimension {stored}, got {dim}",
+                    stored=stored,
+                    given=dim,
+                )
+
+    async def update_item_vectors(self, updates: Sequence[VectorUpdate]) -> int:
+        check_batch(updates, "updates")
+        self._check_vectors(updates)
+        unique = list({update.item_id: update for update in updates}.values())
+        if not unique:
+            return 0
+
+        def write(session: Session) -> int:
+            missing = {u.item_id for u in unique} - self._repo.existing_item_ids(
+                session, (u.item_id for u in unique)
+            )
+            if missing:
+                raise _missing_error("ITEM_NOT_FOUND", "items", missing)
+            self._check_stored_dims(session, unique)
+            self._repo.update_vectors(session, unique)
+            return len(unique)
+
+        return await self._db.run(write, write=True)
+
+    # ---------------------------------------------------------------- users
+
+    async def upsert_users(self, users: Sequence[UserRecord]) -> int:
+        check_batch(users, "users")
+        for index, user in enumerate(users):
+            check_id(user.user_id, "EMPTY_USER_ID", "user_id", index)
+        unique = list({user.user_id: user for user in users}.values())
+        if not unique:
+            return 0
+        now = self._now()
+
+        def write(session: Session) -> int:
+            self._repo.upsert_users(session, unique, now)
+            return len(unique)
+
+        return await self._db.run(write, write=True)
+
+    async def get_user_profile(self, user_id: str, history_limit: int) -> UserProfile:
+        check_id(user_id, "EMPTY_USER_ID", "user_id")
+        default, maximum = HISTORY_LIMIT
+        if history_limit < 0 or history_limit > maximum:
+            raise InvalidArgument(
+                "INVALID_HISTORY_LIMIT", f"history_limit must be in 0..{maximum} (0 = {default})"
+            )
+        limit = history_limit or default
+
+        def read(session: Session) -> UserProfile:
+            user = self._repo.get_user(session, user_id)
+            if user is None:
+                raise NotFound("USER_NOT_FOUND", f"unknown user {user_id!r}", user_id=user_id)
+            history = self._repo.recent_history(session, user_id, limit)
+            per_item = self._repo.user_item_counts(session, user_id)
+            head = self._head_snapshot(session).head
+            total = sum(n for _, _, n in per_item)
+            tail = sum(n for item_id, _, n in per_item if item_id not in head)
+            return UserProfile(
+                user_id=user.user_id,
+                interests=user.interests,
+                history=history,
+                tail_propensity=tail / total if total else 0.0,
+                category_mix=category_mix((categories, n) for _, categories, n in per_item),
+                interaction_count=total,
+            )
+
+        return await self._db.run(read)
+
+    # ---------------------------------------------------------------- interactions
+
+    def _prepare_interactions(
+        self, interactions: Sequence[InteractionRecord]
+    ) -> tuple[list[InteractionRecord], int]:
+        now = self._now()
+        prepared: dict[str, InteractionRecord] = {}
+        duplicates = 0
+        for index, record in enumerate(interactions):
+            check_id(record.user_id, "EMPTY_USER_ID", "user_id", index)
+            check_id(record.item_id, "EMPTY_ITEM_ID", "item_id", index)
+            if record.kind not in INTERACTION_KINDS:
+                raise InvalidArgument(
+                    "INVALID_INTERACTION_KIND",
+                    f"interaction kind must be one of {', '.join(INTERACTION_KINDS)}",
+                    index=index,
+                )
+            if not math.isfinite(record.value):
+                raise InvalidArgument("INVALID_VALUE", "value must be finite", index=index)
+            if len(record.idempotency_key) > MAX_KEY_LENGTH:
+                raise InvalidArgument(
+                    "IDEMPOTENCY_KEY_TOO_LONG",
+                    f"idempotency_key is longer than {MAX_KEY_LENGTH} characters",
+                    index=index,
+                )
+            if len(record.request_id) > MAX_ID_LENGTH:
+                raise InvalidArgument("ID_TOO_LONG", "request_id is too long", index=index)
+            key = record.idempotency_key or derive_idempotency_key(
+                record.user_id,
+                record.item_id,
+                record.kind,
+                record.value,
+                record.occurred_at,
+                record.request_id,
+            )
+            if key in prepared:
+                duplicates += 1
+                continue
+            prepared[key] = dataclasses.replace(
+                record, idempotency_key=key, occurred_at=record.occurred_at or now
+            )
+        return list(prepared.values()), duplicates
+
+    async def record_interactions(
+        self, interactions: Sequence[InteractionRecord], create_missing_users: bool
+    ) -> WriteResult:
+        check_batch(interactions, "interactions")
+        records, duplicates = self._prepare_interactions(interactions)
+        if not records:
+            return WriteResult(0, duplicates)
+        now = self._now()
+
+        def write(session: Session) -> int:
+            user_ids = {r.user_id for r in records}
+            missing_users = user_ids - self._repo.existing_user_ids(session, user_ids)
+            if missing_users:
+                if not create_missing_users:
+                    raise _missing_error("USER_NOT_FOUND", "users", missing_users)
+                self._repo.insert_missing_users(session, missing_users, now)
+            item_ids = {r.item_id for r in records}
+            missing_items = item_ids - self._repo.existing_item_ids(session, item_ids)
+            if missing_items:
+                raise _missing_error("ITEM_NOT_FOUND", "items", missing_items)
+            stored = self._repo.insert_interactions(session, records)
+            self._repo.bump_counters(
+                session, "interaction_count", collections.Counter(r.item_id for r in stored)
+            )
+            self._repo.bump_counters(
+                session,
+                "feedback_count",
+                collections.Counter(r.item_id for r in stored if r.request_id),
+            )
+            return len(stored)
+
+        recorded = await self._db.run(write, write=True)
+        if recorded:
+            self._head.mark_changed()
+        return WriteResult(recorded, duplicates + len(records) - recorded)
+
+    async def list_interactions(self, page_size: int, page_token: str) -> Page[InteractionRecord]:
+        size = check_page_size(page_size, INTERACTIONS_PAGE)
+        after = decode_page_token(page_token, "interactions")
+        if after is not None and not isinstance(after, int):
+            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not an interactions token")
+        rows = await self._db.run(
+            lambda session: self._repo.list_interactions(session, after or 0, size + 1)
+        )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = encode_page_token("interactions", rows[-1][0])
+        return Page([record for _, record in rows], token)
+
+    # ---------------------------------------------------------------- impressions
+
+    async def record_impressions(self, impressions: Sequence[ImpressionRecord]) -> WriteResult:
+        check_batch(impressions, "impressions")
+        now = self._now()
+        prepared: dict[tuple[str, int], ImpressionRecord] = {}
+        duplicates = 0
+        for index, record in enumerate(impressions):
+            check_id(record.request_id, "EMPTY_REQUEST_ID", "request_id", index)
+            check_id(record.user_id, "EMPTY_USER_ID", "user_id", index)
+            check_id(record.item_id, "EMPTY_ITEM_ID", "item_id", index)
+            if record.position < 0:
+                raise InvalidArgument(
+                    "NEGATIVE_POSITION", "position must be 0 or more", index=index
+                )
+            if record.reason not in REASONS:
+                raise InvalidArgument(
+                    "INVALID_REASON", f"reason must be one of {', '.join(REASONS)}", index=index
+                )
+            if not math.isfinite(record.score):
+                raise InvalidArgument("INVALID_SCORE", "score must be finite", index=index)
+            if (
+                len(record.policy_name) > MAX_ID_LENGTH
+                or len(record.policy_version) > MAX_ID_LENGTH
+            ):
+                raise InvalidArgument("ID_TOO_LONG", "policy name or version too long", index=index)
+            key = (record.request_id, record.position)
+            if key in prepared:
+                duplicates += 1
+                continue
+            prepared[key] = dataclasses.replace(record, served_at=record.served_at or now)
+        records = list(prepared.values())
+        if not records:
+            return WriteResult(0, duplicates)
+
+        def write(session: Session) -> int:
+            stored = self._repo.insert_impressions(session, records)
+            self._repo.bump_counters(session, "impression_count", collections.Counter(stored))
+            return len(stored)
+
+        recorded = await self._db.run(write, write=True)
+        return WriteResult(recorded, duplicates + len(records) - recorded)
+
+    async def list_impressions(self, request_id: str) -> list[ImpressionRecord]:
+        check_id(request_id, "EMPTY_REQUEST_ID", "request_id")
+        return await self._db.run(lambda session: self._repo.list_impressions(session, request_id))
+
+    # ---------------------------------------------------------------- stats
+
+    async def get_item_stats(self, item_ids: Sequence[str]) -> list[ItemStats]:
+        check_batch(item_ids, "item_ids")
+        for index, item_id in enumerate(item_ids):
+            check_id(item_id, "EMPTY_ITEM_ID", "item_id", index)
+
+        def read(session: Session) -> tuple[dict[str, tuple[int, int, int]], HeadSnapshot]:
+            return self._repo.counters(session, item_ids), self._head_snapshot(session)
+
+        counters, snapshot = await self._db.run(read)
+        return [
+            _stats(item_id, counters[item_id], snapshot.head)
+            for item_id in item_ids
+            if item_id in counters
+        ]
+
+    async def list_item_stats(self, page_size: int, page_token: str) -> Page[ItemStats]:
+        size = check_page_size(page_size, ITEM_STATS_PAGE)
+        after = decode_page_token(page_token, "item_stats")
+        if after is not None and not isinstance(after, str):
+            raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not an item stats token")
+
+        def read(session: Session) -> tuple[list[tuple[str, int, int, int]], HeadSnapshot]:
+            rows = self._repo.list_counters(session, after, size + 1)
+            return rows, self._head_snapshot(session)
+
+        rows, snapshot = await self._db.run(read)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = encode_page_token("item_stats", rows[-1][0])
+        return Page([_stats(row[0], row[1:], snapshot.head) for row in rows], token)
+
+    async def catalog_stats(self) -> CatalogStats:
+        def read(session: Session) -> tuple[dict[str, int], HeadSnapshot]:
+            return self._repo.table_counts(session), self._head_snapshot(session, force=True)
+
+        counts, snapshot = await self._db.run(read)
+        return CatalogStats(
+            item_count=counts["items"],
+            user_count=counts["users"],
+            interaction_count=counts["interactions"],
+            impression_count=counts["impressions"],
+            head_item_count=len(snapshot.head),
+            cold_item_count=snapshot.cold_count,
+            head_min_interactions=snapshot.head_min_interactions,
+            computed_at=self._now(),
+        )
+
+    async def ready(self) -> bool:
+        return await self._db.ping()
+
+
+def _stats(item_id: str, counters: Sequence[int], head: frozenset[str]) -> ItemStats:
+    interactions, impressions, feedback = counters
+    return ItemStats(
+        item_id=item_id,
+        interaction_count=interactions,
+        impression_count=impressions,
+        feedback_count=feedback,
+        is_tail=item_id not in head,
+        is_cold=interactions == 0,
+    )
+
+
+def category_mix(entries: Iterable[tuple[Sequence[str], int]]) -> dict[str, float]:
+    """Share of interactions per category; an item's interactions split evenly over its
+    categories, items without categories are left out, and the shares sum to 1."""
+    mass: dict[str, float] = collections.defaultdict(float)
+    for categories, n in entries:
+        distinct = list(dict.fromkeys(categories))
+        for category in distinct:
+            mass[category] += n / len(distinct)
+    total = sum(mass.values())
+    if total <= 0:
+        return {}
+    return {category: mass[category] / total for category in sorted(mass)}

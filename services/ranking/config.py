@@ -1,0 +1,55 @@
+"""Ranking service settings (environment prefix ``LONGTAIL_RANKING_``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from services.ranking.collaborative import AlsParams
+from services.ranking.index import IndexParams
+from services.ranking.scorer import ScorerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingSettings:
+    profiles_target: str = "127.0.0.1:50051"
+    embeddings_target: str = "127.0.0.1:50052"
+    # Collaborative artefacts live in <artifact_dir>/collaborative/<version>/.
+    artifact_dir: Path = Path(".longtail/artifacts")
+    # Exact search up to this many items, HNSW above.
+    exact_index_max_items: int = 50_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 128
+    # Evidence prior of the collaborative/content blend: a_i = n_i / (n_i + kappa).
+    kappa: float = 20.0
+    # Minimum tail / cold shares of the returned candidates (when the pool has them).
+    min_tail_share: float = 0.3
+    min_cold_share: float = 0.1
+    # Seconds between catalogue refreshes (new items, new stats, new model); 0 turns them off.
+    refresh_seconds: float = 30.0
+    # Default deadlines of outbound calls made without a caller deadline (background work).
+    profiles_timeout_seconds: float = 30.0
+    embeddings_timeout_seconds: float = 2.0
+    # Threads of the ALS solver (the target machines have 2 cores).
+    als_threads: int = 2
+    client_tls_ca_file: Path | None = None
+    client_auth_token: str | None = None
+
+    def index_params(self) -> IndexParams:
+        return IndexParams(
+            exact_max_items=self.exact_index_max_items,
+            hnsw_m=self.hnsw_m,
+            hnsw_ef_construction=self.hnsw_ef_construction,
+            hnsw_ef_search=self.hnsw_ef_search,
+        )
+
+    def scorer_config(self) -> ScorerConfig:
+        return ScorerConfig(
+            kappa=self.kappa,
+            min_tail_share=self.min_tail_share,
+            min_cold_share=self.min_cold_share,
+        )
+
+    def als_params(self) -> AlsParams:
+        return AlsParams(num_threads=self.als_threads)

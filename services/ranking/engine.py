@@ -1,0 +1,384 @@
+"""The ranking engine: holds the serving state and swaps it atomically.
+
+State = (catalogue snapshot with its index, collaborative model aligned with it). Reloads,
+refreshes and training build the next state off the event loop and then replace one reference;
+a request keeps the state it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+from services.common.deadlines import HasTimeRemaining
+from services.common.errors import FailedPrecondition, InvalidArgument, ServiceError, Unavailable
+from services.ranking.catalog import (
+    CatalogLoader,
+    CatalogSnapshot,
+    InteractionSource,
+    TextEncoder,
+)
+from services.ranking.collaborative import (
+    AlsParams,
+    ArtifactStore,
+    CollaborativeModel,
+    train_als,
+)
+from services.ranking.index import FloatArray
+from services.ranking.scorer import (
+    CollaborativeView,
+    HistoryItem,
+    RankQuery,
+    RankResult,
+    ScorerConfig,
+    VectorSource,
+    rank,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CANDIDATE_COUNT = 100
+MAX_CANDIDATE_COUNT = 1000
+MAX_HISTORY = 1000
+MAX_EXCLUSIONS = 10_000
+# The embeddings service rejects longer texts; the encoder truncates far earlier anyway.
+MAX_INTERESTS_CHARS = 8192
+MAX_FACTORS = 1024
+MAX_ITERATIONS = 1000
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RankingState:
+    snapshot: CatalogSnapshot
+    collaborative: CollaborativeView | None
+
+    @property
+    def collaborative_version(self) -> str:
+        return "" if self.collaborative is None else self.collaborative.model.version
+
+
+@dataclasses.dataclass(frozen=True)
+class RankRequest:
+    user_id: str
+    history: Sequence[HistoryItem]
+    interests: str = ""
+    candidate_count: int = 0
+    exclude_item_ids: Sequence[str] = ()
+    include_vectors: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RankOutcome:
+    result: RankResult
+    index_version: str
+    collaborative_version: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOutcome:
+    collaborative_version: str
+    user_count: int
+    item_count: int
+    interaction_count: int
+    duration_seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RankingStatus:
+    loaded: bool
+    index_version: str = ""
+    collaborative_version: str = ""
+    indexed_item_count: int = 0
+    index_kind: str = ""
+    embedding_model_name: str = ""
+    embedding_model_version: str = ""
+
+
+def resolve_candidate_count(requested: int) -> int:
+    """0 means the default (100); 1..1000 as asked; anything else is rejected."""
+    if requested == 0:
+        return DEFAULT_CANDIDATE_COUNT
+    if requested < 0 or requested > MAX_CANDIDATE_COUNT:
+        raise InvalidArgument(
+            "CANDIDATE_COUNT_OUT_OF_RANGE",
+            f"candidate_count must be in 0..{MAX_CANDIDATE_COUNT}, got {requested}",
+            candidate_count=requested,
+        )
+    return requested
+
+
+def validate_rank_request(request: RankRequest) -> RankRequest:
+    """The request with its defaults applied; InvalidArgument for bad input."""
+    if not request.user_id.strip():
+        raise InvalidArgument("EMPTY_USER_ID", "user_id is required")
+    count = resolve_candidate_count(request.candidate_count)
+    if len(request.history) > MAX_HISTORY:
+        raise InvalidArgument(
+            "HISTORY_TOO_LARGE", f"at most {MAX_HISTORY} history entries", size=len(request.history)
+        )
+    if any(not entry.item_id for entry in request.history):
+        raise InvalidArgument("EMPTY_ITEM_ID", "a history entry has an empty item_id")
+    if len(request.exclude_item_ids) > MAX_EXCLUSIONS:
+        raise InvalidArgument(
+            "TOO_MANY_EXCLUSIONS",
+            f"at most {MAX_EXCLUSIONS} excluded ids",
+            size=len(request.exclude_item_ids),
+        )
+    return dataclasses.replace(request, candidate_count=count)
+
+
+def resolve_als_params(
+    base: AlsParams, factors: int, iterations: int, regularization: float
+) -> AlsParams:
+    """Training parameters from a request (0 = default), validated."""
+    if not 0 <= factors <= MAX_FACTORS:
+        raise InvalidArgument(
+            "FACTORS_OUT_OF_RANGE", f"factors must be in 0..{MAX_FACTORS}", factors=factors
+        )
+    if not 0 <= iterations <= MAX_ITERATIONS:
+        raise InvalidArgument(
+            "ITERATIONS_OUT_OF_RANGE",
+            f"iterations must be in 0..{MAX_ITERATIONS}",
+            iterations=iterations,
+        )
+    if not math.isfinite(regularization) or regularization < 0:
+        raise InvalidArgument(
+            "REGULARIZATION_OUT_OF_RANGE", "regularization must be finite and >= 0"
+        )
+    return dataclasses.replace(
+        base,
+        factors=factors or base.factors,
+        iterations=iterations or base.iterations,
+        regularization=regularization or base.regularization,
+    )
+
+
+def _assemble(snapshot: CatalogSnapshot, model: CollaborativeModel | None) -> RankingState:
+    view = None if model is None else CollaborativeView.build(model, snapshot)
+    return RankingState(snapshot, view)
+
+
+class RankingEngine:
+    """Serving state plus the operations that replace it."""
+
+    def __init__(
+        self,
+        loader: CatalogLoader,
+        interactions: InteractionSource,
+        encoder: TextEncoder,
+        store: ArtifactStore,
+        scorer_config: ScorerConfig | None = None,
+        als_params: AlsParams | None = None,
+    ) -> None:
+        self._loader = loader
+        self._interactions = interactions
+        self._encoder = encoder
+        self._store = store
+        self._config = scorer_config or ScorerConfig()
+        self._als = als_params or AlsParams()
+        self._state: RankingState | None = None
+        self._model: CollaborativeModel | None = None
+        # One writer of the state at a time (reload, refresh, model swap after training).
+        self._swap_lock = asyncio.Lock()
+        self._train_lock = asyncio.Lock()
+
+    @property
+    def state(self) -> RankingState | None:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        """Loaded at least once (an empty catalogue is ready; it just has no candidates)."""
+        return self._state is not None
+
+    @property
+    def default_als_params(self) -> AlsParams:
+        return self._als
+
+    async def _load_model(self) -> CollaborativeModel | None:
+        """The current stored model (reuses the loaded one when the version is unchanged)."""
+        version = await asyncio.to_thread(self._store.current_version)
+        if version is None:
+            return None
+        if self._model is not None and self._model.version == version:
+            return self._model
+        return await asyncio.to_thread(self._store.load, version)
+
+    async def reload(self, deadline: HasTimeRemaining | None = None) -> RankingState:
+        """Reload catalogue, index and the current collaborative model; swap them in."""
+        async with self._swap_lock:
+            model = await self._load_model()
+            previous = None if self._state is None else self._state.snapshot
+            snapshot = await self._loader.load(previous, deadline)
+            state = await asyncio.to_thread(_assemble, snapshot, model)
+            self._swap(state, model)
+            return state
+
+    async def refresh(self, deadline: HasTimeRemaining | None = None) -> bool:
+        """Pick up catalogue or model changes; True when the state was replaced."""
+        if self._state is None:
+            await self.reload(deadline)
+            return True
+        async with self._swap_lock:
+            current = self._state
+            snapshot = await self._loader.refresh(current.snapshot, deadline)
+            model = await self._load_model()
+            if snapshot is None and model is self._model:
+                return False
+            state = await asyncio.to_thread(_assemble, snapshot or current.snapshot, model)
+            self._swap(state, model)
+            return True
+
+    def _swap(self, state: RankingState, model: CollaborativeModel | None) -> None:
+        old = self._state
+        self._state = state
+        self._model = model
+        if old is None or old.snapshot is not state.snapshot or old.collaborative_version != (
+            state.collaborative_version
+        ):
+            log.info(
+                "ranking state swapped",
+                extra={
+                    "fields": {
+                        "index_version": state.snapshot.version,
+                        "index_kind": state.snapshot.index.kind,
+                        "items": state.snapshot.size,
+                        "delta_items": state.snapshot.index.delta_size,
+                        "collaborative_version": state.collaborative_version,
+                    }
+                },
+            )
+
+    async def train(
+        self, params: AlsParams | None = None, deadline: HasTimeRemaining | None = None
+    ) -> TrainOutcome:
+        """Train ALS on every stored interaction, store it as a new version and serve it."""
+        params = params or self._als
+        async with self._train_lock:
+            batches = [b async for b in self._interactions.interaction_batches(deadline)]
+            if not any(len(b.user_ids) for b in batches):
+                raise FailedPrecondition("NO_INTERACTIONS", "there are no interactions to train on")
+            model = await asyncio.to_thread(train_als, batches, params)
+            await asyncio.to_thread(self._store.save, model)
+            async with self._swap_lock:
+                if self._state is not None:
+                    state = await asyncio.to_thread(_assemble, self._state.snapshot, model)
+                    self._swap(state, model)
+                else:
+                    self._model = model
+        return TrainOutcome(
+            model.version,
+            model.user_count,
+            model.item_count,
+            model.interaction_count,
+            model.duration_seconds,
+        )
+
+    async def _interests_vector(
+        self, interests: str, snapshot: CatalogSnapshot, deadline: HasTimeRemaining | None
+    ) -> FloatArray | None:
+        """The interests in the catalogue's space, or None (fallback) when that is impossible."""
+        try:
+            encoded = await self._encoder.embed(interests[:MAX_INTERESTS_CHARS], deadline)
+        except (ServiceError, TimeoutError) as error:
+            log.warning(
+                "interests not embedded; popularity and tail fallback",
+                extra={"fields": {"error": type(error).__name__, "detail": str(error)}},
+            )
+            return None
+        if snapshot.model is not None and encoded.model != snapshot.model:
+            log.warning(
+                "interests embedded by another model than the catalogue's; fallback",
+                extra={
+                    "fields": {
+                        "encoder": f"{encoded.model.name}:{encoded.model.version}",
+                        "catalogue": f"{snapshot.model.name}:{snapshot.model.version}",
+                    }
+                },
+            )
+            return None
+        return encoded.vector
+
+    async def rank(
+        self, request: RankRequest, deadline: HasTimeRemaining | None = None
+    ) -> RankOutcome:
+        request = validate_rank_request(request)
+        state = self._state
+        if state is None:
+            raise Unavailable("CATALOG_NOT_LOADED", "the catalogue snapshot is not loaded yet")
+        snapshot = state.snapshot
+        model = None if state.collaborative is None else state.collaborative.model
+        usable_history = any(
+            h.item_id in snapshot.rows or (model is not None and h.item_id in model.item_rows)
+            for h in request.history
+        )
+        interests_vector = None
+        if not usable_history and request.interests.strip() and snapshot.size:
+            interests_vector = await self._interests_vector(request.interests, snapshot, deadline)
+        query = RankQuery(
+            history=request.history,
+            candidate_count=request.candidate_count,
+            exclude_item_ids=request.exclude_item_ids,
+            interests_vector=interests_vector,
+            include_vectors=request.include_vectors,
+        )
+        started = time.perf_counter()
+        result = await asyncio.to_thread(rank, snapshot, state.collaborative, query, self._config)
+        log.debug(
+            "ranked",
+            extra={
+                "fields": {
+                    "source": result.source.value,
+                    "pool": result.pool_size,
+                    "candidates": len(result.candidates),
+                    "ms": round((time.perf_counter() - started) * 1000, 3),
+                }
+            },
+        )
+        if result.source is VectorSource.NONE and request.history:
+            log.info("no usable history for ranking", extra={"fields": {"user": request.user_id}})
+        return RankOutcome(result, snapshot.version, state.collaborative_version)
+
+    def status(self) -> RankingStatus:
+        state = self._state
+        if state is None:
+            return RankingStatus(loaded=False)
+        snapshot = state.snapshot
+        return RankingStatus(
+            loaded=True,
+            index_version=snapshot.version,
+            collaborative_version=state.collaborative_version,
+            indexed_item_count=snapshot.size,
+            index_kind=snapshot.index.kind,
+            embedding_model_name=snapshot.model.name if snapshot.model else "",
+            embedding_model_version=snapshot.model.version if snapshot.model else "",
+        )
+
+    async def run_background(self, refresh_seconds: float, retry_seconds: float = 1.0) -> None:
+        """Load until the first load succeeds, then refresh every ``refresh_seconds``."""
+        delay = retry_seconds
+        while self._state is None:
+            try:
+                await self.reload()
+            except Exception as error:  # a dependency still starting: retry, never die
+                log.warning(
+                    "initial catalogue load failed; retrying",
+                    extra={"fields": {"error": type(error).__name__, "detail": str(error)}},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max(refresh_seconds, retry_seconds))
+        if refresh_seconds <= 0:
+            return
+        while True:
+            await asyncio.sleep(refresh_seconds)
+            try:
+                await self.refresh()
+            except Exception as error:
+                log.warning(
+                    "catalogue refresh failed; serving the previous snapshot",
+                    extra={"fields": {"error": type(error).__name__, "detail": str(error)}},
+                )

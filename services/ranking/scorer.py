@@ -1,0 +1,417 @@
+"""Candidate generation and the evidence-weighted blend (pure functions over a snapshot).
+
+Stages (LensKit style): candidate sources -> features -> blend -> selection.
+
+Sources, each excluding the request's exclusions:
+- collaborative top-N (ALS, user folded in from the history) and its tail-only top-N;
+- content ANN top-N against the user vector (history, recency-weighted; or stated interests);
+- the tail pool and the cold pool, scored by exact/filtered content similarity — a re-ranker can
+  only expose what the pool holds, so relevant tail and cold items must be in it;
+- neighbours of the last few history items;
+- without any user signal: the most popular items and the most popular tail items.
+
+Blend per item by evidence: ``a_i = n_i / (n_i + kappa)`` with ``n_i`` the item's training
+interaction count, ``score = a_i * collab_norm + (1 - a_i) * content_norm``; each source is
+min-max normalised over the pool. A cold item's score is pure content; a head item's is mostly
+collaborative. ``content`` mixes similarity to the user vector with the max and mean similarity
+to the most recent history items (the features that carried an offline prototype).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections.abc import Collection, Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from services.ranking.catalog import CatalogSnapshot
+from services.ranking.collaborative import CollaborativeModel
+from services.ranking.index import BoolArray, FloatArray, RowArray
+
+_EMPTY_ROWS = np.empty(0, dtype=np.int64)
+
+
+class VectorSource(enum.Enum):
+    HISTORY = "history"
+    INTERESTS = "interests"
+    NONE = "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScorerConfig:
+    # Evidence prior of the blend: an item needs kappa training interactions for a 50/50 blend.
+    kappa: float = 20.0
+    # Source sizes as multiples of the requested candidate count (each at least ``min_source``).
+    collaborative_pool: float = 1.0
+    collaborative_tail_pool: float = 0.25
+    content_pool: float = 1.0
+    tail_pool: float = 0.5
+    cold_pool: float = 0.25
+    min_source: int = 20
+    # Neighbours of each of the last ``recent_items`` history items.
+    recent_items: int = 5
+    recent_neighbours: int = 10
+    # Recency weighting of the user vector: weight halves every ``history_half_life`` entries.
+    history_half_life: float = 10.0
+    max_history: int = 200
+    # content = (user * cos(user) + max * max_recent + mean * mean_recent) / sum of weights.
+    user_weight: float = 0.6
+    recent_max_weight: float = 0.3
+    recent_mean_weight: float = 0.1
+    # The returned candidates hold at least these shares of tail / cold items when the pool has
+    # them, so that exposure policies have tail items to promote.
+    min_tail_share: float = 0.3
+    min_cold_share: float = 0.1
+    # History items are never returned (the request's exclusions always apply).
+    exclude_history: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryItem:
+    """One history entry, most recent first; ``weight`` from ``interaction_weight``."""
+
+    item_id: str
+    weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RankQuery:
+    history: Sequence[HistoryItem]
+    candidate_count: int
+    exclude_item_ids: Collection[str] = ()
+    # Already in the catalogue's space (same encoder), for users without usable history.
+    interests_vector: FloatArray | None = None
+    include_vectors: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredCandidate:
+    item_id: str
+    score: float
+    content_score: float
+    collaborative_score: float
+    popularity: int
+    is_tail: bool
+    is_cold: bool
+    categories: tuple[str, ...]
+    vector: FloatArray | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RankResult:
+    candidates: list[ScoredCandidate]
+    source: VectorSource
+    pool_size: int = 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CollaborativeView:
+    """A collaborative model aligned with one catalogue snapshot."""
+
+    model: CollaborativeModel
+    # Per catalogue row: the model row, or -1 when the model has not seen the item.
+    model_rows: RowArray
+    # Per model row: the catalogue row, or -1 when the item is not in the snapshot.
+    catalog_rows: RowArray
+    # Per model row: whether the item is a catalogue tail item.
+    model_is_tail: BoolArray
+    # Per catalogue row: training interactions (the blend's evidence n_i).
+    evidence: FloatArray
+
+    @classmethod
+    def build(cls, model: CollaborativeModel, snapshot: CatalogSnapshot) -> CollaborativeView:
+        catalog_rows = np.asarray(
+            [snapshot.rows.get(item_id, -1) for item_id in model.item_ids], dtype=np.int64
+        )
+        model_rows = np.full(snapshot.size, -1, dtype=np.int64)
+        known = catalog_rows >= 0
+        model_rows[catalog_rows[known]] = np.flatnonzero(known)
+        model_is_tail = np.zeros(model.item_count, dtype=np.bool_)
+        model_is_tail[known] = snapshot.is_tail[catalog_rows[known]]
+        evidence = np.zeros(snapshot.size, dtype=np.float32)
+        evidence[catalog_rows[known]] = model.item_counts[known]
+        return cls(model, model_rows, catalog_rows, model_is_tail, evidence)
+
+
+def recency_weights(count: int, half_life: float) -> FloatArray:
+    """Exponential decay by rank: 1 for the most recent entry, 1/2 after ``half_life`` entries."""
+    decay = 0.5 ** (1.0 / max(half_life, 1e-6))
+    weights: FloatArray = (decay ** np.arange(count)).astype(np.float32)
+    return weights
+
+
+def user_vector(vectors: FloatArray, rows: RowArray, weights: npt.ArrayLike) -> FloatArray | None:
+    """The ``weights``-weighted mean of the item vectors at ``rows``, L2-normalised.
+
+    None when there are no rows (or their vectors cancel out).
+    """
+    if rows.shape[0] == 0:
+        return None
+    mean = np.asarray(weights, dtype=np.float32) @ vectors[rows]
+    norm = float(np.linalg.norm(mean))
+    if not math.isfinite(norm) or norm <= 1e-12:
+        return None
+    result: FloatArray = (mean / norm).astype(np.float32)
+    return result
+
+
+def evidence_weight(counts: npt.ArrayLike, kappa: float) -> FloatArray:
+    """``a_i = n_i / (n_i + kappa)``: 0 for cold items, towards 1 for well-observed ones."""
+    n = np.maximum(np.asarray(counts, dtype=np.float32), 0.0)
+    if kappa <= 0:
+        return (n > 0).astype(np.float32)
+    result: FloatArray = (n / (n + np.float32(kappa))).astype(np.float32)
+    return result
+
+
+def min_max(values: FloatArray, valid: BoolArray | None = None) -> FloatArray:
+    """Scale ``values[valid]`` to [0, 1] (all 1 when equal); invalid entries become 0."""
+    out = np.zeros(values.shape[0], dtype=np.float32)
+    mask = np.ones(values.shape[0], dtype=np.bool_) if valid is None else valid
+    if not mask.any():
+        return out
+    chosen = values[mask]
+    low, high = float(chosen.min()), float(chosen.max())
+    if high - low <= 1e-12:
+        out[mask] = 1.0
+    else:
+        out[mask] = (chosen - low) / (high - low)
+    return out
+
+
+def _top_rows(scores: FloatArray, k: int) -> RowArray:
+    """Positions of the ``k`` highest finite scores, best first."""
+    finite = np.isfinite(scores)
+    available = int(finite.sum())
+    k = min(k, available)
+    if k <= 0:
+        return _EMPTY_ROWS
+    if k < scores.shape[0]:
+        part = np.argpartition(-scores, k - 1)[:k]
+    else:
+        part = np.arange(scores.shape[0])
+    part = part[np.isfinite(scores[part])]
+    best: RowArray = part[np.argsort(-scores[part], kind="stable")].astype(np.int64)
+    return best
+
+
+def _first_not_excluded(rows: RowArray, excluded: RowArray, k: int) -> RowArray:
+    head = rows[: k + excluded.shape[0]]
+    return head[~np.isin(head, excluded)][:k]
+
+
+def _source_size(count: int, share: float, config: ScorerConfig) -> int:
+    return 0 if share <= 0 else max(config.min_source, math.ceil(count * share))
+
+
+def select_with_reserves(
+    order: RowArray,
+    is_tail: BoolArray,
+    is_cold: BoolArray,
+    count: int,
+    min_tail_share: float,
+    min_cold_share: float,
+) -> RowArray:
+    """The best ``count`` positions of ``order`` (best first), holding minimum tail/cold shares.
+
+    Missing cold (then tail) items replace the lowest-ranked chosen items that are not needed for
+    the other quota; the result keeps score order.
+    """
+    chosen = list(order[:count])
+    rest = list(order[count:])
+    for share, wanted, protect in (
+        (min_cold_share, is_cold, None),
+        (min_tail_share, is_tail, is_cold),
+    ):
+        need = math.ceil(share * count) - int(sum(bool(wanted[p]) for p in chosen))
+        if need <= 0:
+            continue
+        additions = [p for p in rest if wanted[p]][:need]
+        removable = [
+            p for p in reversed(chosen) if not wanted[p] and (protect is None or not protect[p])
+        ][: len(additions)]
+        additions = additions[: len(removable)]
+        if not additions:
+            continue
+        gone = set(removable)
+        added = set(additions)
+        chosen = [p for p in chosen if p not in gone] + additions
+        rest = [p for p in rest if p not in added] + removable
+    rank = {p: i for i, p in enumerate(order)}
+    chosen.sort(key=rank.__getitem__)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def rank(
+    snapshot: CatalogSnapshot,
+    collaborative: CollaborativeView | None,
+    query: RankQuery,
+    config: ScorerConfig,
+) -> RankResult:
+    """Candidates for one user, sorted by blended score (see the module docstring)."""
+    count = query.candidate_count
+    if snapshot.size == 0 or count <= 0:
+        return RankResult([], VectorSource.NONE)
+
+    history = list(query.history[: config.max_history])
+    history_rows_all = np.asarray(
+        [snapshot.rows.get(h.item_id, -1) for h in history], dtype=np.int64
+    )
+    history_weights_all = np.asarray([max(h.weight, 0.0) for h in history], dtype=np.float32)
+    in_catalogue = history_rows_all >= 0
+    # Keep each entry's rank in the history for recency, dropping unknown items.
+    history_rows = history_rows_all[in_catalogue]
+    history_weights = history_weights_all[in_catalogue]
+    history_ranks = np.flatnonzero(in_catalogue)
+
+    excluded = snapshot.rows_of(list(query.exclude_item_ids))
+    if config.exclude_history:
+        excluded = np.concatenate([excluded, history_rows])
+    excluded = np.unique(excluded)
+
+    # --- user representations
+    content_vector: FloatArray | None = None
+    if history_rows.shape[0]:
+        # Recency by the entry's rank in the full history, times the interaction's weight.
+        decay = recency_weights(history_rows_all.shape[0], config.history_half_life)
+        content_vector = user_vector(
+            snapshot.vectors, history_rows, decay[history_ranks] * history_weights
+        )
+    user_factor: FloatArray | None = None
+    if collaborative is not None and history:
+        model = collaborative.model
+        model_rows = np.asarray([model.item_rows.get(h.item_id, -1) for h in history])
+        known = model_rows >= 0
+        if known.any():
+            user_factor = model.fold_in(model_rows[known], history_weights_all[known])
+    if content_vector is not None or user_factor is not None:
+        source = VectorSource.HISTORY
+    elif (
+        query.interests_vector is not None
+        and query.interests_vector.shape[0] == snapshot.dimension
+        and float(np.linalg.norm(query.interests_vector)) > 1e-12
+    ):
+        interests = np.asarray(query.interests_vector, dtype=np.float32)
+        content_vector = interests / np.float32(np.linalg.norm(interests))
+        source = VectorSource.INTERESTS
+    else:
+        source = VectorSource.NONE
+    recent_rows = (
+        history_rows[: config.recent_items] if source is VectorSource.HISTORY else (_EMPTY_ROWS)
+    )
+
+    # --- candidate sources
+    parts: list[RowArray] = []
+    if content_vector is not None:
+        parts.append(
+            snapshot.index.search(
+                content_vector, _source_size(count, config.content_pool, config), exclude=excluded
+            ).rows
+        )
+        parts.append(
+            snapshot.tail_pool.search(
+                content_vector, _source_size(count, config.tail_pool, config), exclude=excluded
+            ).rows
+        )
+        parts.append(
+            snapshot.cold_pool.search(
+                content_vector, _source_size(count, config.cold_pool, config), exclude=excluded
+            ).rows
+        )
+        if recent_rows.shape[0] and config.recent_neighbours > 0:
+            for found in snapshot.index.search_batch(
+                snapshot.vectors[recent_rows], config.recent_neighbours, exclude=excluded
+            ):
+                parts.append(found.rows)
+    all_scores: FloatArray | None = None
+    if user_factor is not None and collaborative is not None:
+        all_scores = collaborative.model.scores(user_factor).astype(np.float32, copy=True)
+        all_scores[collaborative.catalog_rows < 0] = -np.inf
+        excluded_model = collaborative.model_rows[excluded]
+        all_scores[excluded_model[excluded_model >= 0]] = -np.inf
+        top = _top_rows(all_scores, _source_size(count, config.collaborative_pool, config))
+        parts.append(collaborative.catalog_rows[top])
+        tail_scores = np.where(collaborative.model_is_tail, all_scores, -np.inf).astype(np.float32)
+        top_tail = _top_rows(
+            tail_scores, _source_size(count, config.collaborative_tail_pool, config)
+        )
+        parts.append(collaborative.catalog_rows[top_tail])
+    if content_vector is None:
+        # No content signal: popular items, and popular tail items so that the tail has a place.
+        parts.append(_first_not_excluded(snapshot.popular_rows, excluded, count))
+        parts.append(
+            _first_not_excluded(
+                snapshot.popular_tail_rows, excluded, _source_size(count, config.tail_pool, config)
+            )
+        )
+    pool = np.unique(np.concatenate(parts)) if parts else _EMPTY_ROWS
+    if excluded.shape[0]:
+        pool = pool[~np.isin(pool, excluded)]
+    if pool.shape[0] == 0:
+        return RankResult([], source)
+
+    # --- features
+    pool_vectors = snapshot.vectors[pool]
+    popularity = snapshot.popularity[pool]
+    if content_vector is not None:
+        similarity = pool_vectors @ content_vector
+        if recent_rows.shape[0]:
+            recent = pool_vectors @ snapshot.vectors[recent_rows].T
+            total = config.user_weight + config.recent_max_weight + config.recent_mean_weight
+            content_raw = (
+                config.user_weight * similarity
+                + config.recent_max_weight * recent.max(axis=1)
+                + config.recent_mean_weight * recent.mean(axis=1)
+            ) / np.float32(max(total, 1e-9))
+        else:
+            content_raw = similarity
+        content_norm = min_max(content_raw.astype(np.float32))
+    else:
+        content_raw = np.zeros(pool.shape[0], dtype=np.float32)
+        # Without content evidence the prior is popularity (log-scaled).
+        content_norm = min_max(np.log1p(popularity).astype(np.float32))
+    collaborative_raw = np.zeros(pool.shape[0], dtype=np.float32)
+    alpha = np.zeros(pool.shape[0], dtype=np.float32)
+    if all_scores is not None and collaborative is not None:
+        pool_model_rows = collaborative.model_rows[pool]
+        known = pool_model_rows >= 0
+        collaborative_raw[known] = collaborative.model.item_factors[pool_model_rows[known]] @ (
+            user_factor
+        )
+        alpha = evidence_weight(collaborative.evidence[pool], config.kappa)
+        alpha[~known] = 0.0
+        collaborative_norm = min_max(collaborative_raw, known)
+    else:
+        collaborative_norm = np.zeros(pool.shape[0], dtype=np.float32)
+    score = alpha * collaborative_norm + (1.0 - alpha) * content_norm
+
+    # --- selection: best first, ties by catalogue row (deterministic)
+    order = np.lexsort((pool, -score)).astype(np.int64)
+    chosen = select_with_reserves(
+        order,
+        snapshot.is_tail[pool],
+        snapshot.is_cold[pool],
+        count,
+        config.min_tail_share,
+        config.min_cold_share,
+    )
+    candidates = []
+    for position in chosen:
+        row = int(pool[position])
+        candidates.append(
+            ScoredCandidate(
+                item_id=snapshot.item_ids[row],
+                score=float(score[position]),
+                content_score=float(content_raw[position]),
+                collaborative_score=float(collaborative_raw[position]),
+                popularity=int(popularity[position]),
+                is_tail=bool(snapshot.is_tail[row]),
+                is_cold=bool(snapshot.is_cold[row]),
+                categories=snapshot.categories[row],
+                vector=snapshot.vectors[row] if query.include_vectors else None,
+            )
+        )
+    return RankResult(candidates, source, int(pool.shape[0]))

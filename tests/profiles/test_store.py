@@ -1,0 +1,137 @@
+"""The store itself: migrations, outages, atomic batches, the process entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from longtail.common.v1 import common_pb2
+from longtail.profiles.v1 import profiles_service_pb2 as pb
+from longtail.profiles.v1 import profiles_service_pb2_grpc
+
+from services.common.channels import open_channel
+from services.common.errors import error_info
+from services.common.settings import ClientSettings
+from services.profiles.models import Base
+from services.profiles.store import create_store_engine, migrate
+from tests.profiles.conftest import serve
+from tests.profiles.test_service import interaction, item
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_migrated_schema_matches_the_models(store_url: str) -> None:
+    migrate(store_url)  # a second upgrade is a no-op
+    engine = create_store_engine(store_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            assert context.get_current_revision() == "0001"
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_store_is_wal_with_foreign_keys(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'deep' / 'dir' / 'x.db'}"
+    migrate(url)  # creates the parent folders
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert int(connection.exec_driver_sql("PRAGMA busy_timeout").scalar() or 0) > 0
+    finally:
+        engine.dispose()
+
+
+async def test_store_down_is_unavailable_and_not_ready() -> None:
+    # Nothing listens on port 1: every connection attempt is refused at once.
+    service = await serve("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub.UpsertItems(pb.UpsertItemsRequest(items=[item(1)]))
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = error_info(caught.value)
+        assert info is not None and info.reason == "STORE_UNAVAILABLE"
+        definition = service.running.definition
+        assert definition.readiness is not None
+        assert await definition.readiness() is False
+    finally:
+        await service.channel.close()
+        await service.running.stop(grace=0)
+
+
+async def test_a_batch_that_fails_midway_leaves_nothing_behind(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    migrate(url)
+    service = await serve(url)
+    try:
+        await service.stub.UpsertItems(pb.UpsertItemsRequest(items=[item(1), item(2)]))
+        await service.stub.UpsertUsers(pb.UpsertUsersRequest(users=[common_pb2.User(user_id="u1")]))
+        # The counter update (the last statement of the transaction) fails for item-0002.
+        engine = sa.create_engine(url)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER boom BEFORE UPDATE ON item_counters "
+                "WHEN NEW.item_id = 'item-0002' BEGIN SELECT RAISE(ABORT, 'boom'); END"
+            )
+        batch = [interaction("u1", "item-0001", 1), interaction("u1", "item-0002", 2)]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await service.stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=batch))
+        assert caught.value.code() == grpc.StatusCode.INTERNAL
+        listed = await service.stub.ListInteractions(pb.ListInteractionsRequest())
+        assert list(listed.interactions) == []
+        stats = await service.stub.GetItemStats(pb.GetItemStatsRequest(item_ids=["item-0001"]))
+        assert stats.stats[0].interaction_count == 0
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TRIGGER boom")
+        engine.dispose()
+        # The retry of the same batch then goes through whole.
+        answer = await service.stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=batch))
+        assert answer.recorded_count == 2
+    finally:
+        await service.channel.close()
+        await service.running.stop(grace=0)
+
+
+async def test_python_m_services_profiles_migrates_serves_and_stops(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.update(
+        LONGTAIL_PROFILES_DATABASE_URL=f"sqlite:///{tmp_path / 'main.db'}",
+        LONGTAIL_PROFILES_PORT="0",
+        LONGTAIL_PROFILES_GRACE_SECONDS="0.5",
+        PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "clients" / "python")]),
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.profiles",
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), timeout=60)).decode()
+        assert line.startswith("LISTENING "), line
+        channel = open_channel(ClientSettings(target=line.split()[1]))
+        stub = profiles_service_pb2_grpc.ProfilesServiceStub(channel)
+        answer = await stub.UpsertItems(pb.UpsertItemsRequest(items=[item(1)]), timeout=10)
+        assert answer.upserted_count == 1
+        await channel.close()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
