@@ -7,7 +7,6 @@ import contextlib
 import logging
 
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-
 from services.common.channels import open_channel
 from services.common.server import ServiceDefinition
 from services.common.settings import ClientSettings

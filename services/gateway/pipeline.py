@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
+
 from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2
 from longtail.gateway.v1 import gateway_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError
 from services.gateway.ports import ExposurePort, ProfilesPort, RankingPort
 

@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import grpc
+
 from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
 from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
 from longtail.ranking.v1 import ranking_service_pb2, ranking_service_pb2_grpc
-
 from services.common.errors import from_upstream
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-
 from services.common.server import Context
 from services.gateway.pipeline import Deadline, RecommendPipeline
 

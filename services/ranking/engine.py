@@ -237,8 +237,10 @@ class RankingEngine:
         old = self._state
         self._state = state
         self._model = model
-        if old is None or old.snapshot is not state.snapshot or old.collaborative_version != (
-            state.collaborative_version
+        if (
+            old is None
+            or old.snapshot is not state.snapshot
+            or old.collaborative_version != (state.collaborative_version)
         ):
             log.info(
                 "ranking state swapped",

@@ -11,8 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 
+from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from services.common.channels import check_health, open_channel
 from services.common.deadlines import outbound_timeout
 from services.common.errors import DeadlineExceeded, error_info

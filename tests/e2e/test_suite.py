@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-
 from longtail_client import datasets
 from longtail_client.client import LongtailClient, policy_spec
 from longtail_client.indexing import index_catalogue

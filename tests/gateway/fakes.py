@@ -8,7 +8,6 @@ from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-
 from services.common.errors import InvalidArgument, ServiceError, Unavailable
 
 

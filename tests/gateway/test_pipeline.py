@@ -6,9 +6,9 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+
 from longtail.common.v1 import common_pb2
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-
 from services.common.errors import DeadlineExceeded, Unavailable, error_info
 from services.common.server import RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings

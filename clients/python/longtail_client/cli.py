@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
-from longtail.common.v1 import common_pb2
-from longtail.profiles.v1 import profiles_service_pb2
-from longtail.ranking.v1 import ranking_service_pb2
 from rich.console import Console
 from rich.table import Table
 
+from longtail.common.v1 import common_pb2
+from longtail.profiles.v1 import profiles_service_pb2
+from longtail.ranking.v1 import ranking_service_pb2
 from longtail_client.client import DEFAULT_TARGETS, LongtailClient, policy_spec
 
 console = Console()

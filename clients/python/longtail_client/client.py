@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 
 import grpc
+
 from longtail.common.v1 import common_pb2
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc
 from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
