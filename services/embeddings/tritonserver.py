@@ -314,6 +314,11 @@ class TritonServer:
         return self.prepared.fingerprint if self.prepared else ""
 
     @property
+    def run_dir(self) -> Path | None:
+        """The folder holding this run's repository, backends and log (removed by ``stop``)."""
+        return self._run_dir
+
+    @property
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
@@ -334,6 +339,7 @@ class TritonServer:
         with self._lock:
             if self.is_running():
                 return
+            self._cleanup()  # what a killed or failed run left behind
             self._run_dir = Path(tempfile.mkdtemp(prefix="longtail-triton-"))
         try:
             self.prepared = prepare_repository(
@@ -435,6 +441,7 @@ class TritonServer:
         if self._process is not None:
             _signal_group(self._process.pid, signal.SIGKILL)
             self._process.wait()
+            self._remove_shared_memory()
 
     def _terminate(self) -> None:
         process, self._process = self._process, None
@@ -450,6 +457,10 @@ class TritonServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+        self._remove_shared_memory()
+
+    def _remove_shared_memory(self) -> None:
+        """A killed server leaves its Python-backend regions in /dev/shm."""
         if self._shm_prefix:
             for leftover in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
                 with contextlib.suppress(OSError):
@@ -459,11 +470,14 @@ class TritonServer:
         """Stop the server (SIGTERM, then SIGKILL after ``stop_timeout``) and remove the run
         folder. Idempotent."""
         with self._lock:
-            self._terminate()
-            if self._run_dir is not None:
-                shutil.rmtree(self._run_dir, ignore_errors=True)
-                self._run_dir = None
+            self._cleanup()
             self.http_port, self.grpc_port, self.metrics_port = self._requested_ports
+
+    def _cleanup(self) -> None:
+        self._terminate()
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._run_dir = None
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
-
 from services.common.channels import open_channel
 from services.common.server import ServiceDefinition
 from services.common.settings import ClientSettings

@@ -44,6 +44,7 @@ MAX_CANDIDATES = 1000
 # that KL stays finite when the list lacks one of the user's categories.
 CALIBRATION_SMOOTHING = 0.01
 DEFAULT_EXPLORE_FIRST_POSITION = 2
+_TINY = 1e-300
 # Added before flooring quota targets so that e.g. 0.29 * 100 asks for 29, not 28.
 _QUOTA_EPSILON = 1e-9
 
@@ -315,8 +316,13 @@ def _place(
 
 
 def _pick(gain: FloatArray, available: npt.NDArray[np.bool_]) -> int:
-    """Argmax of ``gain`` over the available ranks; ties go to the better (lower) rank."""
-    best = int(np.argmax(np.where(available, gain, -np.inf)))
+    """Argmax of ``gain`` over the available ranks; ties go to the better (lower) rank.
+
+    Always returns an available rank, even if every gain is -inf (no item is picked twice).
+    """
+    ranks = np.flatnonzero(available)
+    values = np.nan_to_num(gain[ranks], nan=-np.inf)
+    best = int(ranks[int(np.argmax(values))])
     available[best] = False
     return best
 
@@ -403,7 +409,8 @@ def calibrated(ctx: PolicyContext, config: CalibratedConfig, k: int) -> list[Pla
     for _ in range(n_out):
         items = count + categorised
         q = (sums[None, :] + weights) / np.where(items > 0, items, 1.0)[:, None]
-        smoothed = (1.0 - alpha) * q + alpha * p[None, :]
+        # alpha * p > 0 keeps KL finite; the floor guards against underflow of tiny shares.
+        smoothed = np.maximum((1.0 - alpha) * q + alpha * p[None, :], _TINY)
         kl = np.sum(p[None, :] * np.log(p[None, :] / smoothed), axis=1)
         best = _pick((1.0 - lam) * rel - lam * kl, available)
         order.append(best)
@@ -423,9 +430,9 @@ def _vectors(ranked: Sequence[CandidateIn]) -> tuple[FloatArray, npt.NDArray[np.
         )
     dim = dims.pop() if dims else 0
     matrix = np.zeros((len(ranked), dim))
-    for row, candidate in enumerate(ranked):
-        if candidate.vector:
-            matrix[row] = candidate.vector
+    rows = [row for row, candidate in enumerate(ranked) if candidate.vector]
+    if rows:
+        matrix[rows] = np.array(present, dtype=np.float64)  # one conversion, not one per row
     if not np.isfinite(matrix).all():
         raise InvalidArgument("NON_FINITE_VECTOR", "candidate vectors must be finite")
     norms = np.linalg.norm(matrix, axis=1) if dim else np.zeros(len(ranked))
@@ -503,6 +510,32 @@ def tail_quota(ctx: PolicyContext, config: TailQuotaConfig, k: int) -> list[Plac
     return placed
 
 
+def restore_tail_quota(
+    ctx: PolicyContext, config: TailQuotaConfig, placed: list[Placed]
+) -> list[Placed]:
+    """Re-establish the prefix quota on a list composed with exploration.
+
+    Exploration may take the tail items the quota needed and hold them in later slots; then the
+    first tail item further down (usually an explored one) is pulled forward to the prefix that
+    needs it, so the quota wins over the exact slot positions. A list that meets the quota comes
+    back unchanged. Pulled items keep EXPLORE; a pulled base item becomes TAIL_BOOST.
+    """
+    in_tail = {c.item_id: c.in_tail for c in ctx.candidates}
+    remaining = list(placed)
+    restored: list[Placed] = []
+    tail_count = 0
+    for length in range(1, len(placed) + 1):
+        index = 0
+        if tail_count < required_tail(config.min_tail_share, length):
+            index = next((i for i, p in enumerate(remaining) if in_tail[p.item_id]), 0)
+        item = remaining.pop(index)
+        if index > 0 and item.reason is Reason.RELEVANCE:
+            item = dataclasses.replace(item, reason=Reason.TAIL_BOOST)
+        tail_count += in_tail[item.item_id]
+        restored.append(item)
+    return restored
+
+
 def fair_exposure(ctx: PolicyContext, config: FairExposureConfig, k: int) -> list[Placed]:
     """Amortised fair exposure: lift items whose cumulative exposure lags their merit.
 
@@ -543,6 +576,8 @@ class PolicyEntry(Generic[C]):
     description: str
     # Needs every candidate's exposure counters (ItemCounts).
     needs_stats: bool = False
+    # Applied to the list composed with exploration (base + explored slots), when set.
+    after_explore: Callable[[PolicyContext, C, list[Placed]], list[Placed]] | None = None
 
     def configure(self, params: Mapping[str, object]) -> C:
         return self.config_class.from_params(params)
@@ -582,6 +617,7 @@ REGISTRY: Mapping[str, PolicyEntry[Any]] = MappingProxyType(
                 tail_quota,
                 "FA*IR-style: every prefix of length p holds at least floor(min_tail_share * p) "
                 "tail items (as many as the pool has).",
+                after_explore=restore_tail_quota,
             ),
             PolicyEntry(
                 "fair_exposure",
@@ -733,10 +769,13 @@ def _normalised_mix(mix: Mapping[str, float]) -> dict[str, float]:
                 f"category_mix[{category!r}]={weight}; weights must be finite and >= 0",
                 category=category,
             )
-    total = math.fsum(mix.values())
-    if not total > 0:
+    largest = max(mix.values(), default=0.0)
+    if not largest > 0:
         return {}
-    return {category: weight / total for category, weight in mix.items() if weight > 0}
+    scaled = {category: weight / largest for category, weight in mix.items()}  # no overflow
+    total = math.fsum(scaled.values())
+    shares = {category: weight / total for category, weight in scaled.items()}
+    return {category: share for category, share in shares.items() if share > 0}
 
 
 def plan_rerank(request: RerankInput) -> RerankPlan:
@@ -779,7 +818,8 @@ def execute(plan: RerankPlan, stats: Mapping[str, ItemCounts] | None = None) -> 
 
     Exploration: the best Thompson draws among the cold/tail candidates take the reserved slots
     (EXPLORE); the base policy fills the other positions from the remaining candidates. Slots the
-    pool cannot fill (no or too few cold/tail candidates) go to the base policy.
+    pool cannot fill (no or too few cold/tail candidates) go to the base policy. tail_quota may
+    then pull an explored item forward of its slot when the quota needs it (restore_tail_quota).
     """
     ctx = dataclasses.replace(plan.context, stats=MappingProxyType(dict(stats or {})))
     n_out = min(plan.k, len(ctx.candidates))
@@ -796,7 +836,10 @@ def execute(plan: RerankPlan, stats: Mapping[str, ItemCounts] | None = None) -> 
     explored = iter(Placed(c.item_id, c.score, Reason.EXPLORE) for c in picked)
     rest = iter(base)
     slot_set = set(positions)
-    return [next(explored) if p in slot_set else next(rest) for p in range(n_out)]
+    merged = [next(explored) if p in slot_set else next(rest) for p in range(n_out)]
+    if plan.entry.after_explore is not None:
+        merged = plan.entry.after_explore(ctx, plan.config, merged)
+    return merged
 
 
 def rerank(request: RerankInput, stats: Mapping[str, ItemCounts] | None = None) -> list[Placed]:
@@ -816,10 +859,13 @@ def describe_policies(
     explore: ExploreConfig | None = None,
 ) -> list[PolicyInfo]:
     """Every policy with its defaults (``overrides``: a service's own defaults per policy)."""
+    overrides = overrides or {}
     infos = []
     for name, entry in REGISTRY.items():
-        config = entry.configure((overrides or {}).get(name, {}))
-        infos.append(PolicyInfo(name, entry.description, config.as_text()))
+        defaults = (
+            entry.configure(overrides[name]).as_text() if name in overrides else entry.defaults()
+        )
+        infos.append(PolicyInfo(name, entry.description, defaults))
     explore = explore or ExploreConfig()
     infos.append(
         PolicyInfo(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from google.protobuf import message, unknown_fields
+
 from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
-
 from services.common.errors import InvalidArgument
 from services.common.server import Context
 from services.exposure.policies import (

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import grpc
-from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
 
+from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
 from services.exposure.policies import ItemCounts
 
 # profiles' batch limit.

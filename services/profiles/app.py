@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
-
 from services.common.server import ServiceDefinition
 from services.profiles.config import ProfilesSettings
 from services.profiles.profiles import HeadCache, Profiles

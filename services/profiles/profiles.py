@@ -145,7 +145,9 @@ def derive_idempotency_key(
     request_id: str,
 ) -> str:
     stamp = "" if occurred_at is None else occurred_at.astimezone(dt.UTC).isoformat()
-    payload = json.dumps([user_id, item_id, kind, repr(float(value)), stamp, request_id])
+    # Length-prefixed fields: unambiguous whatever characters the ids hold.
+    fields = (user_id, item_id, kind, repr(float(value)), stamp, request_id)
+    payload = "".join(f"{len(field)}:{field};" for field in fields)
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -458,8 +460,14 @@ class Profiles:
             if key in prepared:
                 duplicates += 1
                 continue
-            prepared[key] = dataclasses.replace(
-                record, idempotency_key=key, occurred_at=record.occurred_at or now
+            prepared[key] = InteractionRecord(
+                user_id=record.user_id,
+                item_id=record.item_id,
+                kind=record.kind,
+                value=record.value,
+                occurred_at=record.occurred_at or now,
+                idempotency_key=key,
+                request_id=record.request_id,
             )
         return list(prepared.values()), duplicates
 

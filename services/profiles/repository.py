@@ -61,6 +61,59 @@ def _insert(session: Session, table: sa.Table) -> Any:
     raise RuntimeError(f"unsupported database dialect {name!r}")
 
 
+def _pg_array_type(column: sa.Column[Any]) -> str:
+    kind: Any = column.type
+    if isinstance(kind, sa.TypeDecorator):
+        kind = kind.impl_instance
+    if isinstance(kind, sa.DateTime):
+        return "timestamptz[]" if kind.timezone else "timestamp[]"
+    if isinstance(kind, sa.BigInteger):
+        return "int8[]"
+    if isinstance(kind, sa.Integer):
+        return "int4[]"
+    if isinstance(kind, sa.Float):
+        return "float8[]"
+    if isinstance(kind, (sa.String, sa.Text)):
+        return "text[]"
+    raise TypeError(f"no array type for {column.name}")
+
+
+def _insert_new(
+    session: Session,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    conflict: Sequence[str],
+    returning: Sequence[str],
+) -> list[sa.Row[Any]]:
+    """``INSERT .. ON CONFLICT (conflict) DO NOTHING RETURNING returning`` for many rows.
+
+    On PostgreSQL the rows travel as one array per column through ``unnest`` (one statement with
+    a handful of parameters: about twice as fast as a multi-row VALUES with thousands of them).
+    """
+    if not rows:
+        return []
+    if session.get_bind().dialect.name != "postgresql":
+        stmt = (
+            _insert(session, table)
+            .on_conflict_do_nothing(index_elements=list(conflict))
+            .returning(*(table.c[name] for name in returning))
+        )
+        return list(session.execute(stmt, list(rows)))
+    quote = session.get_bind().dialect.identifier_preparer.quote
+    names = list(rows[0])
+    arrays = ", ".join(
+        f"CAST(:c{n} AS {_pg_array_type(table.c[name])})" for n, name in enumerate(names)
+    )
+    sql = (
+        f"INSERT INTO {quote(table.name)} ({', '.join(quote(name) for name in names)}) "
+        f"SELECT * FROM unnest({arrays}) "
+        f"ON CONFLICT ({', '.join(quote(name) for name in conflict)}) DO NOTHING "
+        f"RETURNING {', '.join(quote(name) for name in returning)}"
+    )
+    params = {f"c{n}": [row[name] for row in rows] for n, name in enumerate(names)}
+    return list(session.execute(sa.text(sql), params))
+
+
 class Repository:
     # ---------------------------------------------------------------- items
 
@@ -338,18 +391,14 @@ class Repository:
             }
             for record in sorted(interactions, key=lambda record: record.idempotency_key)
         ]
-        if not rows:
-            return []
-        stmt = (
-            _insert(session, interactions_t)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(interactions_t.c.item_id, interactions_t.c.request_id)
+        stored = _insert_new(
+            session, interactions_t, rows, ["idempotency_key"], ["item_id", "request_id"]
         )
         return [
             InteractionRecord(
                 user_id="", item_id=row.item_id, kind="", request_id=row.request_id or ""
             )
-            for row in session.execute(stmt, rows)
+            for row in stored
         ]
 
     def list_interactions(
@@ -399,14 +448,8 @@ class Repository:
                 impressions, key=lambda record: (record.request_id, record.position)
             )
         ]
-        if not rows:
-            return []
-        stmt = (
-            _insert(session, impressions_t)
-            .on_conflict_do_nothing(index_elements=["request_id", "position"])
-            .returning(impressions_t.c.item_id)
-        )
-        return [row.item_id for row in session.execute(stmt, rows)]
+        stored = _insert_new(session, impressions_t, rows, ["request_id", "position"], ["item_id"])
+        return [row.item_id for row in stored]
 
     def list_impressions(self, session: Session, request_id: str) -> list[ImpressionRecord]:
         stmt = (

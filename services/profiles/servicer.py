@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import timestamp_pb2
+
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2 as pb
 from longtail.profiles.v1 import profiles_service_pb2_grpc
-
 from services.profiles import records
 from services.profiles.profiles import Profiles
 

@@ -8,7 +8,6 @@ import contextlib
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc
 from longtail.profiles.v1 import profiles_service_pb2_grpc
 from longtail.ranking.v1 import ranking_service_pb2, ranking_service_pb2_grpc
-
 from services.common.channels import open_channel
 from services.common.server import ServiceDefinition
 from services.common.settings import ClientSettings

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
+
 from longtail.embeddings.v1 import embeddings_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
-
 from services.common.deadlines import HasTimeRemaining, outbound_timeout
 from services.common.errors import from_upstream
 from services.ranking.collaborative import InteractionBatch, interaction_weight

@@ -20,7 +20,7 @@ class RankingSettings:
     exact_index_max_items: int = 50_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 128
+    hnsw_ef_search: int = 200
     # Evidence prior of the collaborative/content blend: a_i = n_i / (n_i + kappa).
     kappa: float = 20.0
     # Minimum tail / cold shares of the returned candidates (when the pool has them).

@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import itertools
 import math
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -47,8 +48,15 @@ class IndexParams:
     # HNSW graph degree; 32 keeps recall@100 high on 384-d sentence vectors.
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    # Search beam; raised to at least k per query (recall@k needs ef >= k).
-    hnsw_ef_search: int = 128
+    # Search beam for k=100 (recall@100 >= 0.95 needs ~2k); smaller k scale it down to no less
+    # than ``hnsw_ef_min``, a filtered search scales it up by 1 / selectivity.
+    hnsw_ef_search: int = 200
+    hnsw_ef_min: int = 64
+    # OpenMP threads per search call (one query: more threads only add barrier waits, badly so on
+    # a shared 2-core machine) and per build (0 = all cores). OpenMP settings are per thread, so
+    # each call sets its own.
+    search_threads: int = 1
+    build_threads: int = 0
     # The delta segment may hold this share of the base (at least ``delta_min_items``) before
     # ``needs_rebuild`` says so.
     delta_max_share: float = 0.05
@@ -106,6 +114,8 @@ class _Segment:
         self.size = int(vectors.shape[0])
         self.kind: IndexKind = kind
         self.ef_search = params.hnsw_ef_search
+        self.ef_min = params.hnsw_ef_min
+        self.search_threads = params.search_threads
         dimension = int(vectors.shape[1])
         index: Any
         if kind == "hnsw":
@@ -115,8 +125,15 @@ class _Segment:
         else:
             index = faiss.IndexFlatIP(dimension)
         if self.size:
+            faiss.omp_set_num_threads(params.build_threads or os.cpu_count() or 1)
             index.add(vectors)
         self.index = index
+
+    def database(self) -> FloatArray:
+        """The stored vectors of an exact segment, as a view (no copy)."""
+        data = faiss.rev_swig_ptr(self.index.get_xb(), self.size * self.index.d)
+        matrix: FloatArray = np.asarray(data, dtype=np.float32).reshape(self.size, self.index.d)
+        return matrix
 
     def search(
         self,
@@ -124,6 +141,7 @@ class _Segment:
         k: int,
         selector: Any | None,
         selectivity: float = 1.0,
+        ef_search: int | None = None,
     ) -> tuple[FloatArray, RowArray]:
         """Top ``k`` per query as (scores, global rows); missing hits have row -1."""
         k = min(k, self.size)
@@ -131,10 +149,13 @@ class _Segment:
             empty = np.empty((queries.shape[0], 0))
             return empty.astype(np.float32), empty.astype(np.int64)
         params: Any = None
+        faiss.omp_set_num_threads(self.search_threads)
         if self.kind == "hnsw":
-            # Recall@k needs a beam of at least k; a selector rejecting part of the graph needs a
+            # Recall@k needs a beam of about 2k; a selector rejecting part of the graph needs a
             # proportionally wider beam to still collect k members.
-            ef = math.ceil(max(self.ef_search, k) / max(selectivity, 1e-3))
+            if ef_search is None:
+                ef_search = max(self.ef_min, math.ceil(self.ef_search * min(k, 100) / 100))
+            ef = math.ceil(max(ef_search, k) / max(selectivity, 1e-3))
             params = _FAISS.SearchParametersHNSW(efSearch=ef)
             if selector is not None:
                 params.sel = selector
@@ -269,12 +290,14 @@ class VectorIndex:
         *,
         exclude: RowArray | None = None,
         allow: AllowMask | None = None,
+        ef_search: int | None = None,
     ) -> SearchResult:
         """The ``k`` rows with the highest inner product with ``query``.
 
         ``exclude`` rows are never returned; with ``allow`` only rows in that mask are.
+        ``ef_search`` overrides the HNSW beam for this call (tuning, benchmarks).
         """
-        return self.search_batch(query, k, exclude=exclude, allow=allow)[0]
+        return self.search_batch(query, k, exclude=exclude, allow=allow, ef_search=ef_search)[0]
 
     def search_batch(
         self,
@@ -283,6 +306,7 @@ class VectorIndex:
         *,
         exclude: RowArray | None = None,
         allow: AllowMask | None = None,
+        ef_search: int | None = None,
     ) -> list[SearchResult]:
         """``search`` for each row of ``queries`` (one FAISS call per segment)."""
         matrix = _as_queries(queries, self.dimension)
@@ -301,7 +325,7 @@ class VectorIndex:
             bits = None if allow is None else allow.bitmaps[position]
             selectors = _Selectors(bits, local_excluded)
             selectivity = 1.0 if allow is None else allow.selectivity
-            scores, rows = seg.search(matrix, k, selectors.selector, selectivity)
+            scores, rows = seg.search(matrix, k, selectors.selector, selectivity, ef_search)
             all_scores.append(scores)
             all_rows.append(rows)
         if len(all_scores) == 1:
@@ -325,12 +349,14 @@ class PoolIndex:
     def __init__(
         self,
         rows: RowArray,
+        mask: BoolArray,
         *,
         parent: VectorIndex | None = None,
         allow: AllowMask | None = None,
         own: VectorIndex | None = None,
     ) -> None:
         self.rows = rows
+        self.mask = mask
         self._parent = parent
         self._allow = allow
         self._own = own
@@ -348,17 +374,17 @@ class PoolIndex:
         mask = np.asarray(mask, dtype=np.bool_)
         rows = np.flatnonzero(mask).astype(np.int64)
         if rows.shape[0] == 0:
-            return cls(rows)
+            return cls(rows, mask)
         selectivity = rows.shape[0] / max(index.size, 1)
-        if index.kind == "flat" and index.delta_size == 0 and selectivity >= 0.5:
+        if index.kind == "flat" and selectivity >= 0.5:
             # Exact either way; the bitmap saves copying most of the catalogue.
-            return cls(rows, parent=index, allow=index.allow_mask(mask))
+            return cls(rows, mask, parent=index, allow=index.allow_mask(mask))
         if rows.shape[0] <= params.exact_max_items:
             exact = dataclasses.replace(params, exact_max_items=max(rows.shape[0], 1))
-            return cls(rows, own=VectorIndex.build(vectors[rows], exact, "pool"))
+            return cls(rows, mask, own=VectorIndex.build(vectors[rows], exact, "pool"))
         if selectivity >= MIN_FILTERED_SELECTIVITY:
-            return cls(rows, parent=index, allow=index.allow_mask(mask))
-        return cls(rows, own=VectorIndex.build(vectors[rows], params, "pool"))
+            return cls(rows, mask, parent=index, allow=index.allow_mask(mask))
+        return cls(rows, mask, own=VectorIndex.build(vectors[rows], params, "pool"))
 
     @property
     def size(self) -> int:
@@ -387,3 +413,66 @@ class PoolIndex:
             local_excluded = positions[hit].astype(np.int64)
         found = self._own.search(query, k, exclude=local_excluded)
         return SearchResult(self.rows[found.rows], found.scores)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchRequest:
+    """One retrieval of ``multi_search``: ``k`` rows for ``queries[query]``, within ``pool``."""
+
+    query: int
+    k: int
+    pool: PoolIndex | None = None
+
+
+def _top_k(scores: FloatArray, k: int) -> SearchResult:
+    """The ``k`` best finite entries of ``scores``, best first (ties by row)."""
+    finite = int(np.isfinite(scores).sum())
+    k = min(k, finite)
+    if k <= 0:
+        return EMPTY_RESULT
+    part = np.argpartition(-scores, k - 1)[:k] if k < scores.shape[0] else np.arange(k)
+    order = part[np.lexsort((part, -scores[part]))].astype(np.int64)
+    return SearchResult(order, scores[order].astype(np.float32))
+
+
+def multi_search(
+    index: VectorIndex,
+    queries: npt.ArrayLike,
+    requests: Sequence[SearchRequest],
+    *,
+    exclude: RowArray | None = None,
+) -> list[SearchResult]:
+    """Several retrievals for one user at once (content, tail pool, cold pool, neighbours).
+
+    On an exact index the catalogue is scanned once for all queries (one matrix product; a scan
+    per request would be memory-bound several times over) and each request is a masked top-k.
+    On HNSW each request walks the graph (requests alike in pool and k share one batch call).
+    """
+    matrix = _as_queries(queries, index.dimension)
+    if index.size == 0 or not requests:
+        return [EMPTY_RESULT for _ in requests]
+    excluded = None if exclude is None else np.asarray(exclude, dtype=np.int64)
+    if index.kind == "flat" and len(index.segments) == 1:
+        scores = matrix @ index.segments[0].database().T
+        results = []
+        for request in requests:
+            row = scores[request.query].copy()
+            if request.pool is not None:
+                row[~request.pool.mask] = -np.inf
+            if excluded is not None and excluded.shape[0]:
+                row[excluded] = -np.inf
+            results.append(_top_k(row, request.k))
+        return results
+    answers: dict[int, SearchResult] = {}
+    groups: dict[tuple[int, int], list[int]] = {}
+    for position, request in enumerate(requests):
+        groups.setdefault((id(request.pool), request.k), []).append(position)
+    for positions in groups.values():
+        first = requests[positions[0]]
+        group_queries = matrix[[requests[p].query for p in positions]]
+        if first.pool is None:
+            found = index.search_batch(group_queries, first.k, exclude=excluded)
+        else:
+            found = [first.pool.search(q, first.k, exclude=excluded) for q in group_queries]
+        answers.update(zip(positions, found, strict=True))
+    return [answers[p] for p in range(len(requests))]

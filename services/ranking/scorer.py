@@ -7,7 +7,7 @@ Sources, each excluding the request's exclusions:
 - content ANN top-N against the user vector (history, recency-weighted; or stated interests);
 - the tail pool and the cold pool, scored by exact/filtered content similarity — a re-ranker can
   only expose what the pool holds, so relevant tail and cold items must be in it;
-- neighbours of the last few history items;
+- a short-term source: neighbours of the mean vector of the last few history items;
 - without any user signal: the most popular items and the most popular tail items.
 
 Blend per item by evidence: ``a_i = n_i / (n_i + kappa)`` with ``n_i`` the item's training
@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from services.ranking.catalog import CatalogSnapshot
 from services.ranking.collaborative import CollaborativeModel
-from services.ranking.index import BoolArray, FloatArray, RowArray
+from services.ranking.index import BoolArray, FloatArray, RowArray, SearchRequest, multi_search
 
 _EMPTY_ROWS = np.empty(0, dtype=np.int64)
 
@@ -51,9 +51,11 @@ class ScorerConfig:
     tail_pool: float = 0.5
     cold_pool: float = 0.25
     min_source: int = 20
-    # Neighbours of each of the last ``recent_items`` history items.
+    # Max and mean similarity to the last ``recent_items`` history items are content features.
     recent_items: int = 5
-    recent_neighbours: int = 10
+    # A short-term source: neighbours of the mean of the last ``short_term_items`` items.
+    short_term_items: int = 3
+    short_term_pool: float = 0.5
     # Recency weighting of the user vector: weight halves every ``history_half_life`` entries.
     history_half_life: float = 10.0
     max_history: int = 200
@@ -165,6 +167,23 @@ def evidence_weight(counts: npt.ArrayLike, kappa: float) -> FloatArray:
         return (n > 0).astype(np.float32)
     result: FloatArray = (n / (n + np.float32(kappa))).astype(np.float32)
     return result
+
+
+def blend(
+    content_norm: FloatArray,
+    collaborative_norm: FloatArray,
+    evidence: FloatArray,
+    kappa: float,
+) -> FloatArray:
+    """``a_i * collab_norm + (1 - a_i) * content_norm`` with ``a_i = n_i / (n_i + kappa)``.
+
+    ``evidence`` is 0 where the item has no collaborative factor (the score is pure content).
+    """
+    alpha = evidence_weight(evidence, kappa)
+    score: FloatArray = (alpha * collaborative_norm + (1.0 - alpha) * content_norm).astype(
+        np.float32
+    )
+    return score
 
 
 def min_max(values: FloatArray, valid: BoolArray | None = None) -> FloatArray:
@@ -306,27 +325,26 @@ def rank(
     # --- candidate sources
     parts: list[RowArray] = []
     if content_vector is not None:
-        parts.append(
-            snapshot.index.search(
-                content_vector, _source_size(count, config.content_pool, config), exclude=excluded
-            ).rows
+        queries = [content_vector[None, :]]
+        requests = [
+            SearchRequest(0, _source_size(count, config.content_pool, config)),
+            SearchRequest(0, _source_size(count, config.tail_pool, config), snapshot.tail_pool),
+            SearchRequest(0, _source_size(count, config.cold_pool, config), snapshot.cold_pool),
+        ]
+        short_term = (
+            user_vector(
+                snapshot.vectors,
+                recent_rows[: config.short_term_items],
+                np.ones(min(config.short_term_items, recent_rows.shape[0]), dtype=np.float32),
+            )
+            if config.short_term_items > 0 and recent_rows.shape[0] > 1
+            else None
         )
-        parts.append(
-            snapshot.tail_pool.search(
-                content_vector, _source_size(count, config.tail_pool, config), exclude=excluded
-            ).rows
-        )
-        parts.append(
-            snapshot.cold_pool.search(
-                content_vector, _source_size(count, config.cold_pool, config), exclude=excluded
-            ).rows
-        )
-        if recent_rows.shape[0] and config.recent_neighbours > 0:
-            for found in snapshot.index.search_batch(
-                snapshot.vectors[recent_rows], config.recent_neighbours, exclude=excluded
-            ):
-                parts.append(found.rows)
-    all_scores: FloatArray | None = None
+        if short_term is not None:
+            queries.append(short_term[None, :])
+            requests.append(SearchRequest(1, _source_size(count, config.short_term_pool, config)))
+        found = multi_search(snapshot.index, np.vstack(queries), requests, exclude=excluded)
+        parts.extend(result.rows for result in found)
     if user_factor is not None and collaborative is not None:
         all_scores = collaborative.model.scores(user_factor).astype(np.float32, copy=True)
         all_scores[collaborative.catalog_rows < 0] = -np.inf
@@ -374,19 +392,17 @@ def rank(
         # Without content evidence the prior is popularity (log-scaled).
         content_norm = min_max(np.log1p(popularity).astype(np.float32))
     collaborative_raw = np.zeros(pool.shape[0], dtype=np.float32)
-    alpha = np.zeros(pool.shape[0], dtype=np.float32)
-    if all_scores is not None and collaborative is not None:
+    collaborative_norm = np.zeros(pool.shape[0], dtype=np.float32)
+    evidence = np.zeros(pool.shape[0], dtype=np.float32)
+    if user_factor is not None and collaborative is not None:
         pool_model_rows = collaborative.model_rows[pool]
         known = pool_model_rows >= 0
-        collaborative_raw[known] = collaborative.model.item_factors[pool_model_rows[known]] @ (
-            user_factor
+        collaborative_raw[known] = (
+            collaborative.model.item_factors[pool_model_rows[known]] @ user_factor
         )
-        alpha = evidence_weight(collaborative.evidence[pool], config.kappa)
-        alpha[~known] = 0.0
         collaborative_norm = min_max(collaborative_raw, known)
-    else:
-        collaborative_norm = np.zeros(pool.shape[0], dtype=np.float32)
-    score = alpha * collaborative_norm + (1.0 - alpha) * content_norm
+        evidence = np.where(known, collaborative.evidence[pool], 0.0).astype(np.float32)
+    score = blend(content_norm, collaborative_norm, evidence, config.kappa)
 
     # --- selection: best first, ties by catalogue row (deterministic)
     order = np.lexsort((pool, -score)).astype(np.int64)

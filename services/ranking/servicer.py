@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
+
 from longtail.common.v1 import common_pb2
 from longtail.ranking.v1 import ranking_service_pb2, ranking_service_pb2_grpc
-
 from services.ranking.collaborative import interaction_weight
 from services.ranking.engine import RankingEngine, RankRequest, resolve_als_params
 from services.ranking.scorer import HistoryItem, ScoredCandidate, VectorSource
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 _SOURCES = {
     VectorSource.HISTORY: ranking_service_pb2.USER_VECTOR_SOURCE_HISTORY,
@@ -40,7 +44,7 @@ class RankingServicer(ranking_service_pb2_grpc.RankingServiceServicer):
     async def RankCandidates(
         self,
         request: ranking_service_pb2.RankCandidatesRequest,
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> ranking_service_pb2.RankCandidatesResponse:
         outcome = await self._engine.rank(
             RankRequest(
@@ -66,7 +70,7 @@ class RankingServicer(ranking_service_pb2_grpc.RankingServiceServicer):
     async def TrainModel(
         self,
         request: ranking_service_pb2.TrainModelRequest,
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> ranking_service_pb2.TrainModelResponse:
         params = resolve_als_params(
             self._engine.default_als_params,
@@ -86,7 +90,7 @@ class RankingServicer(ranking_service_pb2_grpc.RankingServiceServicer):
     async def ReloadModels(
         self,
         request: ranking_service_pb2.ReloadModelsRequest,
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> ranking_service_pb2.ReloadModelsResponse:
         state = await self._engine.reload(context)
         return ranking_service_pb2.ReloadModelsResponse(
@@ -98,7 +102,7 @@ class RankingServicer(ranking_service_pb2_grpc.RankingServiceServicer):
     async def GetRankingStatus(
         self,
         request: ranking_service_pb2.GetRankingStatusRequest,
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> ranking_service_pb2.GetRankingStatusResponse:
         status = self._engine.status()
         return ranking_service_pb2.GetRankingStatusResponse(

@@ -175,7 +175,11 @@ def test_explore_slots_hold_only_cold_or_tail_items(
     pool_tail = sum(1 for c in request.candidates if c.in_tail)
     expected = min(request.explore.slots, pool_tail, len(items))
     assert len(explored) == expected
-    assert explored == explore_positions(len(items), expected, request.explore.first_position)
+    planned = explore_positions(len(items), expected, request.explore.first_position)
+    if request.policy == "tail_quota":  # the quota may pull explored items forward, never back
+        assert all(got <= slot for got, slot in zip(explored, planned, strict=True))
+    else:
+        assert explored == planned
 
 
 @PROPERTY_SETTINGS

@@ -296,3 +296,13 @@ def test_describe_lists_every_policy_with_its_defaults() -> None:
     assert infos["fair_exposure"].defaults == {"weight": "0.5"}
     assert infos["relevance"].defaults == {}
     assert all(info.description for info in infos.values())
+
+
+def test_tail_quota_pulls_an_explored_item_forward_when_the_quota_needs_it() -> None:
+    pool = [head("h1", 0.9), head("h2", 0.8), head("h3", 0.7), tail("t1", 0.1)]
+    # Exploration takes the only tail item for slot 2, but prefix 2 needs one tail item.
+    got = run("tail_quota", pool, 3, params={"min_tail_share": 0.5}, explore=ExploreConfig(1, 2))
+    assert got == [("h1", R), ("t1", EX), ("h2", R)]
+    # Without a quota to meet, the slot stays where it was planned.
+    got = run("relevance", pool, 3, explore=ExploreConfig(1, 2))
+    assert got == [("h1", R), ("h2", R), ("t1", EX)]

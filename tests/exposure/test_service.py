@@ -11,15 +11,17 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import pytest
+from google.protobuf import json_format
+
 from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
 from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
-
 from services.common.errors import error_info
 from services.common.server import Context, RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings, SettingsError, load_settings
 from services.exposure.app import ExposureSettings, build, build_with
-from services.exposure.policies import POLICY_VERSION, ItemCounts
+from services.exposure.policies import POLICY_VERSION, CandidateIn, ItemCounts
+from services.exposure.reranker import PolicyDefaults, Reranker, RerankQuery
 from services.exposure.stats import StatsUnavailable
 
 Request = exposure_service_pb2.RerankRequest
@@ -216,6 +218,7 @@ def _policy_spec_bytes(raw_spec: bytes) -> bytes:
 
 
 async def _raw_rerank(stub_channel: grpc.aio.Channel, payload: bytes) -> None:
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, exposure_service_pb2.RerankResponse]
     call = stub_channel.unary_unary(
         "/longtail.exposure.v1.ExposureService/Rerank",
         request_serializer=None,
@@ -243,7 +246,9 @@ async def _raw_rerank(stub_channel: grpc.aio.Channel, payload: bytes) -> None:
                 request_id="r",
                 candidates=pool(),
                 k=3,
-                policy=Spec(tail_xquad=common_pb2.TailXquadPolicy(**{"lambda": 1.5})),
+                policy=Spec(
+                    tail_xquad=json_format.ParseDict({"lambda": 1.5}, common_pb2.TailXquadPolicy())
+                ),
             ),
             "PARAMETER_OUT_OF_RANGE",
             "lambda",
@@ -352,7 +357,7 @@ async def _fair_exposure_through(settings: ExposureSettings) -> list[str]:
 
 
 async def test_profiles_counters_feed_fair_exposure() -> None:
-    profiles = StatsOnlyProfiles()
+    profiles = StatsOnlyProfiles()  # type: ignore[abstract]  # serves GetItemStats only
     name = profiles_service_pb2.DESCRIPTOR.services_by_name["ProfilesService"].full_name
 
     running = await start_service(
@@ -383,3 +388,37 @@ async def test_profiles_down_degrades_instead_of_failing() -> None:
         ExposureSettings(profiles_target=f"127.0.0.1:{dead_port}", profiles_timeout_seconds=0.5)
     )
     assert got == ["h1", "h2", "h3"]
+
+
+class _NoTimeLeft:
+    def time_remaining(self) -> float:
+        return 0.0
+
+
+async def test_no_time_left_for_counters_degrades_without_calling_profiles() -> None:
+    stats = FakeStats({"h1": ItemCounts(500, 5)})
+    reranker = Reranker(stats, PolicyDefaults())
+    query = RerankQuery(
+        request_id="r",
+        candidates=[_domain(c) for c in pool()],
+        k=3,
+        policy="fair_exposure",
+        params={"weight": 0.2},
+    )
+    outcome = await reranker.rerank(query, _NoTimeLeft())
+    assert stats.calls == []
+    assert [p.item_id for p in outcome.items] == ["h1", "h2", "h3"]
+    assert outcome.policy_name == "fair_exposure"
+    # With time left, the same query reads the counters and the over-exposed item drops.
+    outcome = await reranker.rerank(query)
+    assert [p.item_id for p in outcome.items] == ["h2", "h1", "h3"]
+
+
+def _domain(candidate: common_pb2.Candidate) -> CandidateIn:
+    return CandidateIn(
+        candidate.item_id,
+        candidate.score,
+        is_tail=candidate.is_tail,
+        is_cold=candidate.is_cold,
+        categories=tuple(candidate.categories),
+    )

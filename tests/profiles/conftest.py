@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 import sqlalchemy as sa
-from longtail.profiles.v1 import profiles_service_pb2_grpc
 
+from longtail.profiles.v1 import profiles_service_pb2_grpc
 from services.common.channels import open_channel
 from services.common.server import RunningService, start_service
 from services.common.settings import ClientSettings, ServerSettings

@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2 as pb
 from longtail.profiles.v1 import profiles_service_pb2_grpc
-
 from services.common.channels import open_channel
 from services.common.errors import error_info
 from services.common.settings import ClientSettings
@@ -46,14 +47,24 @@ def item(index: int, **fields: object) -> common_pb2.Item:
 
 
 def interaction(
-    user: str, item_id: str, seconds: float, kind: int = common_pb2.INTERACTION_KIND_CLICK, **extra: object
+    user: str,
+    item_id: str,
+    seconds: float,
+    kind: common_pb2.InteractionKind.ValueType = common_pb2.INTERACTION_KIND_CLICK,
+    **extra: object,
 ) -> common_pb2.Interaction:
     return common_pb2.Interaction(
-        user_id=user, item_id=item_id, kind=kind, occurred_at=stamp(seconds), **extra  # type: ignore[arg-type]
+        user_id=user,
+        item_id=item_id,
+        kind=kind,
+        occurred_at=stamp(seconds),
+        **extra,  # type: ignore[arg-type]
     )
 
 
-def impression(request_id: str, position: int, item_id: str, user: str = "u1") -> common_pb2.Impression:
+def impression(
+    request_id: str, position: int, item_id: str, user: str = "u1"
+) -> common_pb2.Impression:
     return common_pb2.Impression(
         request_id=request_id,
         position=position,
@@ -67,7 +78,9 @@ def impression(request_id: str, position: int, item_id: str, user: str = "u1") -
     )
 
 
-def vector_update(item_id: str, values: list[float], name: str = "minilm", version: str = "1") -> pb.ItemVectorUpdate:
+def vector_update(
+    item_id: str, values: list[float], name: str = "minilm", version: str = "1"
+) -> pb.ItemVectorUpdate:
     return pb.ItemVectorUpdate(
         item_id=item_id,
         vector=common_pb2.ItemVector(values=values, model_name=name, model_version=version),
@@ -77,7 +90,9 @@ def vector_update(item_id: str, values: list[float], name: str = "minilm", versi
 async def seed(served: Served, n_items: int = 10, users: tuple[str, ...] = ("u1", "u2")) -> None:
     await served.stub.UpsertItems(pb.UpsertItemsRequest(items=[item(i) for i in range(n_items)]))
     await served.stub.UpsertUsers(
-        pb.UpsertUsersRequest(users=[common_pb2.User(user_id=u, interests=f"{u} likes films") for u in users])
+        pb.UpsertUsersRequest(
+            users=[common_pb2.User(user_id=u, interests=f"{u} likes films") for u in users]
+        )
     )
 
 
@@ -125,7 +140,7 @@ async def test_vectors_are_stored_as_float32_and_cleared_when_text_changes(serve
     got = await served.stub.GetItems(
         pb.GetItemsRequest(item_ids=["item-0000", "item-0001", "item-0002"], include_vectors=True)
     )
-    assert np.allclose(got.items[0].vector.values, np.float32(values))
+    assert np.allclose(got.items[0].vector.values, np.asarray(values, dtype=np.float32))
     assert (got.items[0].vector.model_name, got.items[0].vector.model_version) == ("minilm", "1")
     assert not got.items[2].HasField("vector")
     without = await served.stub.GetItems(pb.GetItemsRequest(item_ids=["item-0000"]))
@@ -143,9 +158,13 @@ async def test_vectors_are_stored_as_float32_and_cleared_when_text_changes(serve
 
     # A vector can come with the item itself.
     with_vector = item(5)
-    with_vector.vector.CopyFrom(common_pb2.ItemVector(values=values, model_name="minilm", model_version="1"))
+    with_vector.vector.CopyFrom(
+        common_pb2.ItemVector(values=values, model_name="minilm", model_version="1")
+    )
     await served.stub.UpsertItems(pb.UpsertItemsRequest(items=[with_vector]))
-    got = await served.stub.GetItems(pb.GetItemsRequest(item_ids=["item-0005"], include_vectors=True))
+    got = await served.stub.GetItems(
+        pb.GetItemsRequest(item_ids=["item-0005"], include_vectors=True)
+    )
     assert len(got.items[0].vector.values) == 4
 
 
@@ -171,10 +190,14 @@ async def test_list_items_pages_cover_every_item_exactly_once(served: Served) ->
 async def test_list_items_stale_and_model_filters(served: Served) -> None:
     await seed(served, n_items=6)
     await served.stub.UpdateItemVectors(
-        pb.UpdateItemVectorsRequest(updates=[vector_update(f"item-000{i}", [1.0, 2.0]) for i in (0, 1)])
+        pb.UpdateItemVectorsRequest(
+            updates=[vector_update(f"item-000{i}", [1.0, 2.0]) for i in (0, 1)]
+        )
     )
     await served.stub.UpdateItemVectors(
-        pb.UpdateItemVectorsRequest(updates=[vector_update("item-0002", [1.0, 2.0, 3.0], version="2")])
+        pb.UpdateItemVectorsRequest(
+            updates=[vector_update("item-0002", [1.0, 2.0, 3.0], version="2")]
+        )
     )
     stale = await served.stub.ListItems(
         pb.ListItemsRequest(stale_for_model_name="minilm", stale_for_model_version="1")
@@ -229,7 +252,12 @@ async def test_user_profile_history_tail_propensity_and_category_mix(served: Ser
 
     profile = (await served.stub.GetUserProfile(pb.GetUserProfileRequest(user_id="u1"))).profile
     assert profile.interests == "u1 likes films"
-    assert [h.item_id for h in profile.history] == ["item-0001", "item-0005", "item-0000", "item-0003"]
+    assert [h.item_id for h in profile.history] == [
+        "item-0001",
+        "item-0005",
+        "item-0000",
+        "item-0003",
+    ]
     assert profile.history[1].kind == common_pb2.INTERACTION_KIND_RATING
     assert profile.history[1].value == 4.5
     assert profile.history[0].occurred_at == stamp(300)
@@ -244,13 +272,21 @@ async def test_user_profile_history_tail_propensity_and_category_mix(served: Ser
     assert head == {"item-0000", "item-0001"}
     assert math.isclose(profile.tail_propensity, 2 / 4)
     # item 0 and 3: drama; item 1: comedy; item 5: horror.
-    assert dict(profile.category_mix) == pytest.approx({"drama": 0.5, "comedy": 0.25, "horror": 0.25})
+    assert dict(profile.category_mix) == pytest.approx(
+        {"drama": 0.5, "comedy": 0.25, "horror": 0.25}
+    )
     assert math.isclose(sum(profile.category_mix.values()), 1.0)
 
-    limited = await served.stub.GetUserProfile(pb.GetUserProfileRequest(user_id="u1", history_limit=2))
+    limited = await served.stub.GetUserProfile(
+        pb.GetUserProfileRequest(user_id="u1", history_limit=2)
+    )
     assert [h.item_id for h in limited.profile.history] == ["item-0001", "item-0005"]
     empty = (await served.stub.GetUserProfile(pb.GetUserProfileRequest(user_id="u3"))).profile
-    assert (empty.interaction_count, empty.tail_propensity, dict(empty.category_mix)) == (0, 0.0, {})
+    assert (empty.interaction_count, empty.tail_propensity, dict(empty.category_mix)) == (
+        0,
+        0.0,
+        {},
+    )
 
     # Upserting a user again replaces its interests.
     await served.stub.UpsertUsers(
@@ -270,7 +306,10 @@ async def test_unknown_user_is_not_found(served: Served) -> None:
     await expect_error(
         served.stub.RecordInteractions(
             pb.RecordInteractionsRequest(
-                interactions=[interaction("u1", "item-0001", 1), interaction("ghost", "item-0001", 2)]
+                interactions=[
+                    interaction("u1", "item-0001", 1),
+                    interaction("ghost", "item-0001", 2),
+                ]
             )
         ),
         grpc.StatusCode.NOT_FOUND,
@@ -279,7 +318,10 @@ async def test_unknown_user_is_not_found(served: Served) -> None:
     await expect_error(
         served.stub.RecordInteractions(
             pb.RecordInteractionsRequest(
-                interactions=[interaction("u1", "item-0001", 1), interaction("u1", "no-such-item", 2)]
+                interactions=[
+                    interaction("u1", "item-0001", 1),
+                    interaction("u1", "no-such-item", 2),
+                ]
             )
         ),
         grpc.StatusCode.NOT_FOUND,
@@ -319,7 +361,9 @@ async def test_interactions_are_idempotent_and_bump_counters_once(served: Served
     assert (replay.recorded_count, replay.duplicate_count) == (0, 5)
     # A client key wins over the fields: other fields, same key, still a duplicate.
     same_key = interaction("u2", "item-0003", 9, idempotency_key="client-key-1")
-    again = await served.stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=[same_key]))
+    again = await served.stub.RecordInteractions(
+        pb.RecordInteractionsRequest(interactions=[same_key])
+    )
     assert (again.recorded_count, again.duplicate_count) == (0, 1)
 
     stats = await served.stub.GetItemStats(
@@ -336,7 +380,9 @@ async def test_interactions_are_idempotent_and_bump_counters_once(served: Served
     collected: list[common_pb2.Interaction] = []
     token = ""
     while True:
-        page = await served.stub.ListInteractions(pb.ListInteractionsRequest(page_size=3, page_token=token))
+        page = await served.stub.ListInteractions(
+            pb.ListInteractionsRequest(page_size=3, page_token=token)
+        )
         collected += page.interactions
         token = page.next_page_token
         if not token:
@@ -357,13 +403,24 @@ async def test_impression_replay_is_stored_once(served: Served) -> None:
     batch = [impression("req-a", p, f"item-000{p}") for p in range(5)]
     first = await served.stub.RecordImpressions(pb.RecordImpressionsRequest(impressions=batch))
     assert (first.recorded_count, first.duplicate_count) == (5, 0)
-    replay = await served.stub.RecordImpressions(pb.RecordImpressionsRequest(impressions=batch[::-1]))
+    replay = await served.stub.RecordImpressions(
+        pb.RecordImpressionsRequest(impressions=batch[::-1])
+    )
     assert (replay.recorded_count, replay.duplicate_count) == (0, 5)
 
     listed = await served.stub.ListImpressions(pb.ListImpressionsRequest(request_id="req-a"))
     assert list(listed.impressions) == batch
-    assert list((await served.stub.ListImpressions(pb.ListImpressionsRequest(request_id="nope"))).impressions) == []
-    stats = await served.stub.GetItemStats(pb.GetItemStatsRequest(item_ids=[f"item-000{p}" for p in range(5)]))
+    assert (
+        list(
+            (
+                await served.stub.ListImpressions(pb.ListImpressionsRequest(request_id="nope"))
+            ).impressions
+        )
+        == []
+    )
+    stats = await served.stub.GetItemStats(
+        pb.GetItemStatsRequest(item_ids=[f"item-000{p}" for p in range(5)])
+    )
     assert [s.impression_count for s in stats.stats] == [1] * 5
     catalog = await served.stub.GetCatalogStats(pb.GetCatalogStatsRequest())
     assert catalog.impression_count == 5
@@ -372,7 +429,9 @@ async def test_impression_replay_is_stored_once(served: Served) -> None:
 async def test_eight_concurrent_writers_lose_nothing(served: Served) -> None:
     await seed(served, n_items=20)
     clients = [
-        profiles_service_pb2_grpc.ProfilesServiceStub(open_channel(ClientSettings(target=served.target)))
+        profiles_service_pb2_grpc.ProfilesServiceStub(
+            open_channel(ClientSettings(target=served.target))
+        )
         for _ in range(8)
     ]
 
@@ -403,7 +462,9 @@ async def test_eight_concurrent_writers_lose_nothing(served: Served) -> None:
     assert catalog.impression_count == 8 * 5 * 10 + 10
     assert catalog.interaction_count == 8 * 5 * 5
     assert catalog.user_count == 2 + 8
-    stats = await served.stub.GetItemStats(pb.GetItemStatsRequest(item_ids=[f"item-{p:04d}" for p in range(20)]))
+    stats = await served.stub.GetItemStats(
+        pb.GetItemStatsRequest(item_ids=[f"item-{p:04d}" for p in range(20)])
+    )
     by_id = {s.item_id: s for s in stats.stats}
     for p in range(10):
         assert by_id[f"item-{p:04d}"].impression_count == 8 * 5
@@ -428,7 +489,9 @@ async def test_item_stats_pages_and_catalog_stats(served: Served) -> None:
     collected: list[common_pb2.ItemStats] = []
     token = ""
     while True:
-        page = await served.stub.ListItemStats(pb.ListItemStatsRequest(page_size=4, page_token=token))
+        page = await served.stub.ListItemStats(
+            pb.ListItemStatsRequest(page_size=4, page_token=token)
+        )
         collected += page.stats
         token = page.next_page_token
         if not token:
@@ -440,7 +503,11 @@ async def test_item_stats_pages_and_catalog_stats(served: Served) -> None:
     assert sum(s.is_cold for s in collected) == 6
     catalog = await served.stub.GetCatalogStats(pb.GetCatalogStatsRequest())
     assert (catalog.item_count, catalog.user_count, catalog.interaction_count) == (10, 2, 7)
-    assert (catalog.head_item_count, catalog.cold_item_count, catalog.head_min_interactions) == (2, 6, 2)
+    assert (catalog.head_item_count, catalog.cold_item_count, catalog.head_min_interactions) == (
+        2,
+        6,
+        2,
+    )
     assert catalog.computed_at.seconds > 0
 
 
@@ -451,50 +518,115 @@ def _bad_requests() -> list[tuple[str, str, object]]:
     too_many_items = pb.UpsertItemsRequest(items=[item(i) for i in range(1001)])
     nan = float("nan")
     return [
-        ("UpsertItems", "EMPTY_ITEM_ID", pb.UpsertItemsRequest(items=[item(1), item(2, item_id="")])),
+        (
+            "UpsertItems",
+            "EMPTY_ITEM_ID",
+            pb.UpsertItemsRequest(items=[item(1), item(2, item_id="")]),
+        ),
         ("UpsertItems", "BATCH_TOO_LARGE", too_many_items),
         ("GetItems", "EMPTY_ITEM_ID", pb.GetItemsRequest(item_ids=["item-0001", ""])),
-        ("GetItems", "BATCH_TOO_LARGE", pb.GetItemsRequest(item_ids=[f"i{n}" for n in range(1001)])),
-        ("UpsertUsers", "EMPTY_USER_ID", pb.UpsertUsersRequest(users=[common_pb2.User(user_id="")])),
+        (
+            "GetItems",
+            "BATCH_TOO_LARGE",
+            pb.GetItemsRequest(item_ids=[f"i{n}" for n in range(1001)]),
+        ),
+        (
+            "UpsertUsers",
+            "EMPTY_USER_ID",
+            pb.UpsertUsersRequest(users=[common_pb2.User(user_id="")]),
+        ),
         ("GetUserProfile", "EMPTY_USER_ID", pb.GetUserProfileRequest(user_id="")),
-        ("GetUserProfile", "INVALID_HISTORY_LIMIT", pb.GetUserProfileRequest(user_id="u1", history_limit=5000)),
-        ("UpdateItemVectors", "NON_FINITE_VECTOR", pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [1.0, nan])])),
-        ("UpdateItemVectors", "NON_FINITE_VECTOR", pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [float("inf")])])),
-        ("UpdateItemVectors", "EMPTY_VECTOR", pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [])])),
+        (
+            "GetUserProfile",
+            "INVALID_HISTORY_LIMIT",
+            pb.GetUserProfileRequest(user_id="u1", history_limit=5000),
+        ),
+        (
+            "UpdateItemVectors",
+            "NON_FINITE_VECTOR",
+            pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [1.0, nan])]),
+        ),
+        (
+            "UpdateItemVectors",
+            "NON_FINITE_VECTOR",
+            pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [float("inf")])]),
+        ),
+        (
+            "UpdateItemVectors",
+            "EMPTY_VECTOR",
+            pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [])]),
+        ),
         (
             "UpdateItemVectors",
             "VECTOR_DIMENSION_MISMATCH",
             pb.UpdateItemVectorsRequest(
-                updates=[vector_update("item-0001", [1.0, 2.0]), vector_update("item-0002", [1.0, 2.0, 3.0])]
+                updates=[
+                    vector_update("item-0001", [1.0, 2.0]),
+                    vector_update("item-0002", [1.0, 2.0, 3.0]),
+                ]
             ),
         ),
-        ("UpdateItemVectors", "MISSING_VECTOR_MODEL", pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [1.0], version="")])),
-        ("UpdateItemVectors", "EMPTY_ITEM_ID", pb.UpdateItemVectorsRequest(updates=[vector_update("", [1.0])])),
+        (
+            "UpdateItemVectors",
+            "MISSING_VECTOR_MODEL",
+            pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [1.0], version="")]),
+        ),
+        (
+            "UpdateItemVectors",
+            "EMPTY_ITEM_ID",
+            pb.UpdateItemVectorsRequest(updates=[vector_update("", [1.0])]),
+        ),
         (
             "RecordInteractions",
             "INVALID_INTERACTION_KIND",
             pb.RecordInteractionsRequest(
-                interactions=[interaction("u1", "item-0001", 1, kind=common_pb2.INTERACTION_KIND_UNSPECIFIED)]
+                interactions=[
+                    interaction("u1", "item-0001", 1, kind=common_pb2.INTERACTION_KIND_UNSPECIFIED)
+                ]
             ),
         ),
         (
             "RecordInteractions",
             "INVALID_INTERACTION_KIND",
-            pb.RecordInteractionsRequest(interactions=[interaction("u1", "item-0001", 1, kind=99)]),
+            pb.RecordInteractionsRequest(
+                interactions=[
+                    interaction("u1", "item-0001", 1, kind=common_pb2.InteractionKind.ValueType(99))
+                ]
+            ),
         ),
-        ("RecordInteractions", "EMPTY_ITEM_ID", pb.RecordInteractionsRequest(interactions=[interaction("u1", "", 1)])),
-        ("RecordInteractions", "EMPTY_USER_ID", pb.RecordInteractionsRequest(interactions=[interaction("", "item-0001", 1)])),
+        (
+            "RecordInteractions",
+            "EMPTY_ITEM_ID",
+            pb.RecordInteractionsRequest(interactions=[interaction("u1", "", 1)]),
+        ),
+        (
+            "RecordInteractions",
+            "EMPTY_USER_ID",
+            pb.RecordInteractionsRequest(interactions=[interaction("", "item-0001", 1)]),
+        ),
         (
             "RecordInteractions",
             "BATCH_TOO_LARGE",
-            pb.RecordInteractionsRequest(interactions=[interaction("u1", "item-0001", n) for n in range(1001)]),
+            pb.RecordInteractionsRequest(
+                interactions=[interaction("u1", "item-0001", n) for n in range(1001)]
+            ),
         ),
-        ("RecordInteractions", "INVALID_VALUE", pb.RecordInteractionsRequest(interactions=[interaction("u1", "item-0001", 1, value=nan)])),
+        (
+            "RecordInteractions",
+            "INVALID_VALUE",
+            pb.RecordInteractionsRequest(
+                interactions=[interaction("u1", "item-0001", 1, value=nan)]
+            ),
+        ),
         (
             "RecordImpressions",
             "INVALID_REASON",
             pb.RecordImpressionsRequest(
-                impressions=[common_pb2.Impression(request_id="r", position=0, user_id="u1", item_id="item-0001")]
+                impressions=[
+                    common_pb2.Impression(
+                        request_id="r", position=0, user_id="u1", item_id="item-0001"
+                    )
+                ]
             ),
         ),
         (
@@ -502,12 +634,22 @@ def _bad_requests() -> list[tuple[str, str, object]]:
             "NEGATIVE_POSITION",
             pb.RecordImpressionsRequest(impressions=[impression("r", -1, "item-0001")]),
         ),
-        ("RecordImpressions", "EMPTY_REQUEST_ID", pb.RecordImpressionsRequest(impressions=[impression("", 0, "item-0001")])),
-        ("RecordImpressions", "EMPTY_ITEM_ID", pb.RecordImpressionsRequest(impressions=[impression("r", 0, "")])),
+        (
+            "RecordImpressions",
+            "EMPTY_REQUEST_ID",
+            pb.RecordImpressionsRequest(impressions=[impression("", 0, "item-0001")]),
+        ),
+        (
+            "RecordImpressions",
+            "EMPTY_ITEM_ID",
+            pb.RecordImpressionsRequest(impressions=[impression("r", 0, "")]),
+        ),
         (
             "RecordImpressions",
             "BATCH_TOO_LARGE",
-            pb.RecordImpressionsRequest(impressions=[impression("r", p, "item-0001") for p in range(1001)]),
+            pb.RecordImpressionsRequest(
+                impressions=[impression("r", p, "item-0001") for p in range(1001)]
+            ),
         ),
         ("ListImpressions", "EMPTY_REQUEST_ID", pb.ListImpressionsRequest(request_id="")),
         ("GetItemStats", "EMPTY_ITEM_ID", pb.GetItemStatsRequest(item_ids=[""])),
@@ -515,7 +657,11 @@ def _bad_requests() -> list[tuple[str, str, object]]:
         ("ListItems", "INVALID_PAGE_SIZE", pb.ListItemsRequest(page_size=-1)),
         ("ListItems", "INVALID_PAGE_TOKEN", pb.ListItemsRequest(page_token="not a token!")),
         ("ListInteractions", "INVALID_PAGE_SIZE", pb.ListInteractionsRequest(page_size=10_001)),
-        ("ListInteractions", "INVALID_PAGE_TOKEN", pb.ListInteractionsRequest(page_token="eyJrIjoxfQ")),
+        (
+            "ListInteractions",
+            "INVALID_PAGE_TOKEN",
+            pb.ListInteractionsRequest(page_token="eyJrIjoxfQ"),
+        ),
         ("ListItemStats", "INVALID_PAGE_TOKEN", pb.ListItemStatsRequest(page_token="garbage")),
     ]
 
@@ -535,20 +681,28 @@ async def test_bad_input_is_invalid_argument_with_a_reason(served: Served) -> No
 
 async def test_vector_dimension_must_match_stored_vectors_of_the_model(served: Served) -> None:
     await seed(served)
-    await served.stub.UpdateItemVectors(pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [1.0, 2.0])]))
+    await served.stub.UpdateItemVectors(
+        pb.UpdateItemVectorsRequest(updates=[vector_update("item-0001", [1.0, 2.0])])
+    )
     await expect_error(
-        served.stub.UpdateItemVectors(pb.UpdateItemVectorsRequest(updates=[vector_update("item-0002", [1.0, 2.0, 3.0])])),
+        served.stub.UpdateItemVectors(
+            pb.UpdateItemVectorsRequest(updates=[vector_update("item-0002", [1.0, 2.0, 3.0])])
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
         "VECTOR_DIMENSION_MISMATCH",
     )
     await expect_error(
-        served.stub.UpdateItemVectors(pb.UpdateItemVectorsRequest(updates=[vector_update("unknown", [1.0, 2.0])])),
+        served.stub.UpdateItemVectors(
+            pb.UpdateItemVectorsRequest(updates=[vector_update("unknown", [1.0, 2.0])])
+        ),
         grpc.StatusCode.NOT_FOUND,
         "ITEM_NOT_FOUND",
     )
     # Another model version may have another dimension.
     answer = await served.stub.UpdateItemVectors(
-        pb.UpdateItemVectorsRequest(updates=[vector_update("item-0002", [1.0, 2.0, 3.0], version="2")])
+        pb.UpdateItemVectorsRequest(
+            updates=[vector_update("item-0002", [1.0, 2.0, 3.0], version="2")]
+        )
     )
     assert answer.updated_count == 1
 
@@ -558,7 +712,7 @@ async def test_vector_dimension_must_match_stored_vectors_of_the_model(served: S
 
 async def test_health_serving_then_not_serving_once_stop_begins(store_url: str) -> None:
     service = await serve(store_url)
-    health = health_pb2_grpc.HealthStub(service.channel)
+    health: Any = health_pb2_grpc.HealthStub(service.channel)
     try:
         for _ in range(100):
             answer = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))

@@ -13,10 +13,10 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2 as pb
 from longtail.profiles.v1 import profiles_service_pb2_grpc
-
 from services.common.channels import open_channel
 from services.common.errors import error_info
 from services.common.settings import ClientSettings
@@ -96,7 +96,9 @@ async def test_a_batch_that_fails_midway_leaves_nothing_behind(tmp_path: Path) -
             connection.exec_driver_sql("DROP TRIGGER boom")
         engine.dispose()
         # The retry of the same batch then goes through whole.
-        answer = await service.stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=batch))
+        answer = await service.stub.RecordInteractions(
+            pb.RecordInteractionsRequest(interactions=batch)
+        )
         assert answer.recorded_count == 2
     finally:
         await service.channel.close()
