@@ -33,6 +33,9 @@ T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 _WRITE_OPTION = "longtail_write"
+# Alembic keeps its migration context in module globals: one migration per process at a time
+# (processes themselves are serialised by the database: BEGIN IMMEDIATE / an advisory lock).
+_ALEMBIC_LOCK = threading.Lock()
 
 
 class StoreError(ServiceError):
@@ -71,8 +74,8 @@ def _configure_sqlite(engine: Engine) -> None:
         # We issue BEGIN ourselves (below); pysqlite's implicit transactions cannot do IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -148,7 +151,9 @@ def migrate(database_url: str, revision: str = "head") -> None:
     """``alembic upgrade head`` on ``database_url``: the only way the schema is made or changed."""
     engine = create_store_engine(database_url, pool_size=1)
     try:
-        with engine.connect() as connection:
+        with _ALEMBIC_LOCK, engine.connect() as connection:
+            # A write transaction: two processes migrating one SQLite file queue up.
+            connection.execution_options(**{_WRITE_OPTION: True})
             config = alembic_config(database_url)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)

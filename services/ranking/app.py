@@ -30,6 +30,14 @@ __all__ = ["RankingSettings", "build", "build_with_sources"]
 SERVICE_NAME = ranking_service_pb2.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
+def _single_threaded_blas() -> None:
+    """One BLAS thread per call: scoring is one small product per request, and on a shared 2-core
+    machine OpenBLAS's second thread made it several times slower (spin-waits), as it does ALS."""
+    import threadpoolctl  # type: ignore[import-untyped]
+
+    threadpoolctl.threadpool_limits(1, user_api="blas")
+
+
 async def build_with_sources(
     settings: RankingSettings,
     catalog: CatalogSource,
@@ -38,6 +46,7 @@ async def build_with_sources(
     on_close: list[object] | None = None,
 ) -> ServiceDefinition:
     """The service over the given sources (tests pass fakes); starts the background loader."""
+    _single_threaded_blas()
     engine = RankingEngine(
         CatalogLoader(catalog, settings.index_params()),
         interactions,

@@ -16,8 +16,8 @@ class RankingSettings:
     embeddings_target: str = "127.0.0.1:50052"
     # Collaborative artefacts live in <artifact_dir>/collaborative/<version>/.
     artifact_dir: Path = Path(".longtail/artifacts")
-    # Exact search up to this many items, HNSW above.
-    exact_index_max_items: int = 50_000
+    # Exact search up to this many items, HNSW above (see IndexParams for the measurements).
+    exact_index_max_items: int = 20_000
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 200

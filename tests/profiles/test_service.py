@@ -428,12 +428,24 @@ async def test_impression_replay_is_stored_once(served: Served) -> None:
 
 async def test_eight_concurrent_writers_lose_nothing(served: Served) -> None:
     await seed(served, n_items=20)
-    clients = [
-        profiles_service_pb2_grpc.ProfilesServiceStub(
-            open_channel(ClientSettings(target=served.target))
-        )
-        for _ in range(8)
+    # Two service instances on one store (replicas): half of the writers talk to each.
+    other = await serve(served.url)
+    channels = [
+        open_channel(ClientSettings(target=(served.target, other.target)[n % 2])) for n in range(8)
     ]
+    clients = [profiles_service_pb2_grpc.ProfilesServiceStub(channel) for channel in channels]
+    try:
+        await _write_concurrently(served, clients)
+    finally:
+        for channel in channels:
+            await channel.close()
+        await other.channel.close()
+        await other.running.stop(grace=0)
+
+
+async def _write_concurrently(
+    served: Served, clients: list[profiles_service_pb2_grpc.ProfilesServiceAsyncStub]
+) -> None:
 
     async def writer(w: int, stub: profiles_service_pb2_grpc.ProfilesServiceAsyncStub) -> None:
         for batch in range(5):

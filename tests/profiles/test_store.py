@@ -137,3 +137,26 @@ async def test_python_m_services_profiles_migrates_serves_and_stops(tmp_path: Pa
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_concurrent_migrations_of_one_store_all_succeed(tmp_path: Path) -> None:
+    """Replicas starting together on one fresh store: each process migrates, none fails."""
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    code = "import sys; from services.profiles.store import migrate; migrate(sys.argv[1])"
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "clients" / "python")])
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", code, url, cwd=REPO, env=env)
+        for _ in range(3)
+    ]
+    codes = await asyncio.wait_for(asyncio.gather(*(p.wait() for p in processes)), timeout=120)
+    assert codes == [0, 0, 0]
+    # And threads of one process take turns.
+    await asyncio.gather(*(asyncio.to_thread(migrate, url) for _ in range(2)))
+    engine = create_store_engine(url)
+    try:
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == "0001"
+    finally:
+        engine.dispose()

@@ -48,9 +48,7 @@ class World:
     def stats(self) -> list[ItemStatsRecord]:
         counts = self.counts()
         head = head_items(counts, self.item_ids)
-        return [
-            ItemStatsRecord(i, counts[i], i not in head, counts[i] == 0) for i in self.item_ids
-        ]
+        return [ItemStatsRecord(i, counts[i], i not in head, counts[i] == 0) for i in self.item_ids]
 
     def items(self) -> CatalogItems:
         return CatalogItems(
@@ -88,8 +86,9 @@ def make_world(
         pool = by_category[category][: max(1, int(len(by_category[category]) * active_share))]
         # Zipf-like: the first items of a category are much more popular.
         weights = 1.0 / np.arange(1, len(pool) + 1) ** 1.1
-        picks = rng.choice(len(pool), size=min(per_user, len(pool)), replace=False,
-                           p=weights / weights.sum())
+        picks = rng.choice(
+            len(pool), size=min(per_user, len(pool)), replace=False, p=weights / weights.sum()
+        )
         users[f"user-{u:04d}"] = (category, [pool[p] for p in picks])
     return World(dimension, centroids, item_ids, item_category, vectors, users)
 
@@ -119,7 +118,8 @@ class FakeCatalog:
 
     def _matching(self, model: ModelRef | None) -> list[str]:
         return [
-            i for i, (_, v, m) in self.items.items()
+            i
+            for i, (_, v, m) in self.items.items()
             if model is None or (v is not None and m == model)
         ]
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.ranking.index import IndexParams, PoolIndex, VectorIndex, normalize_rows
+from services.ranking.index import (
+    IndexParams,
+    PoolIndex,
+    SearchRequest,
+    VectorIndex,
+    multi_search,
+    normalize_rows,
+)
 
 
 def clustered(n: int, dimension: int, clusters: int, seed: int) -> np.ndarray:
@@ -80,7 +87,9 @@ def test_hnsw_honours_exclusions_and_returns_distinct_rows() -> None:
 
 def test_delta_segment_makes_new_rows_searchable_and_shares_the_graph() -> None:
     vectors = clustered(2000, 16, 8, seed=6)
-    index = VectorIndex.build(vectors, IndexParams(exact_max_items=100, delta_min_items=10))
+    index = VectorIndex.build(
+        vectors, IndexParams(exact_max_items=100, delta_min_items=10, delta_max_share=0.001)
+    )
     rng = np.random.default_rng(7)
     new = normalize_rows(rng.standard_normal((3, 16)))
     extended = index.extended(new)
@@ -152,3 +161,38 @@ def test_query_of_the_wrong_dimension_is_rejected() -> None:
     index = VectorIndex.build(clustered(10, 4, 2, seed=11))
     with pytest.raises(ValueError, match="dimension"):
         index.search(np.ones(5), 3)
+
+
+@pytest.mark.parametrize("exact_max", [50_000, 100])
+def test_multi_search_answers_each_request_like_a_single_search(exact_max: int) -> None:
+    vectors = clustered(3000, 16, 8, seed=12)
+    params = IndexParams(exact_max_items=exact_max)
+    index = VectorIndex.build(vectors, params)
+    rng = np.random.default_rng(13)
+    tail = rng.random(3000) < 0.8
+    cold = rng.random(3000) < 0.05
+    tail_pool = PoolIndex.build(index, vectors, tail, params)
+    cold_pool = PoolIndex.build(index, vectors, cold, params)
+    queries = vectors[[1, 2]]
+    excluded = np.arange(0, 300, 3, dtype=np.int64)
+    requests = [
+        SearchRequest(0, 30),
+        SearchRequest(0, 20, tail_pool),
+        SearchRequest(0, 10, cold_pool),
+        SearchRequest(1, 15),
+    ]
+    found = multi_search(index, queries, requests, exclude=excluded)
+    allowed = np.ones(3000, dtype=bool)
+    allowed[excluded] = False
+    expectations = [
+        brute_force(vectors, queries[0], 30, allowed),
+        brute_force(vectors, queries[0], 20, allowed & tail),
+        brute_force(vectors, queries[0], 10, allowed & cold),
+        brute_force(vectors, queries[1], 15, allowed),
+    ]
+    for result, expected in zip(found, expectations, strict=True):
+        assert len(result) == len(expected)
+        overlap = len(set(result.rows.tolist()) & set(expected.tolist())) / len(expected)
+        assert overlap >= (1.0 if index.kind == "flat" else 0.9)
+        assert not set(result.rows.tolist()) & set(excluded.tolist())
+        assert np.all(np.diff(result.scores) <= 1e-6)

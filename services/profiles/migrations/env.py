@@ -9,6 +9,7 @@ from services.profiles.models import Base
 from services.profiles.store import create_store_engine
 
 target_metadata = Base.metadata
+_MIGRATION_LOCK = 0x10_6717A11  # any constant key, the same in every process
 
 
 def _run(connection: Connection) -> None:
@@ -20,6 +21,9 @@ def _run(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Replicas starting together migrate one at a time (released at commit).
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         context.run_migrations()
 
 

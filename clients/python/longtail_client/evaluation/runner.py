@@ -1,0 +1,495 @@
+"""``longtail eval``: split, load the training part into a fresh suite, serve, measure, report.
+
+Steps (see README.md in this folder for the protocol):
+1. split the interactions by time (per user, or globally) and carve a validation slice out of
+   the training part by the same rule;
+2. start Triton and the five services (LocalSuite, fresh workdir, SQLite), upload the training
+   part, index the catalogue through Triton, train the collaborative model (with the ALS
+   parameters tuned on the validation slice) and reload ranking;
+3. baselines, tuned on the validation slice only: most-popular, random, ALS, content-only
+   (the store's LLM vectors), xQuAD over the best relevance-only baseline's top 100;
+4. every exposure-policy setting of the sweep, asked of the running gateway for every test user;
+5. metrics at every K, tables, CSV and plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from rich.console import Console
+
+from longtail.profiles.v1 import profiles_service_pb2
+from longtail.ranking.v1 import ranking_service_pb2
+from longtail_client import datasets
+from longtail_client.client import LongtailClient
+from longtail_client.evaluation.baselines import (
+    Als,
+    AlsParams,
+    ContentOnly,
+    MostPopular,
+    RandomItems,
+    Recommender,
+    TrainMatrix,
+    recommend,
+    scored_lists,
+    xquad_lists,
+)
+from longtail_client.evaluation.metrics import ItemFacts, evaluate, exposure_counts, ndcg_at_k
+from longtail_client.evaluation.report import ResultRow, print_tables, write_outputs
+from longtail_client.evaluation.serving import PolicySetting, default_sweep, serve_setting
+from longtail_client.evaluation.split import Split, split
+
+TUNING_K = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    out: Path = Path("out/eval")
+    # The suite's state folder; emptied first. Default: <out>/suite.
+    workdir: Path | None = None
+    split: str = "user"
+    test_share: float = 0.2
+    min_interactions: int = 5
+    ks: tuple[int, ...] = (10, 20)
+    seed: int = 0
+    full: bool = False
+    # Recommend calls in flight for order-independent policies.
+    concurrency: int = 8
+    timeout: float = 30.0
+    als_factors: tuple[int, ...] = (32, 64, 128)
+    als_regularization: tuple[float, ...] = (0.01, 0.1)
+    als_iterations: int = 15
+    als_alpha: float = 1.0
+    xquad_lambdas: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    xquad_pool: int = 100
+    # None: default_sweep(full).
+    settings: tuple[PolicySetting, ...] | None = None
+    # Train the suite's collaborative model with the ALS parameters tuned on validation.
+    tune_service_als: bool = True
+    progress: bool = True
+    # Extra environment per service (merged over the evaluation's own).
+    suite_env: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    # Use a running Triton (host:port) instead of starting one.
+    triton_url: str | None = None
+
+    @property
+    def suite_workdir(self) -> Path:
+        return self.workdir or self.out / "suite"
+
+    def sweep(self) -> tuple[PolicySetting, ...]:
+        return self.settings if self.settings is not None else tuple(default_sweep(self.full))
+
+
+# The suite as the evaluation runs it: every history entry counts for the seen-item exclusion,
+# no background refresh swaps the state mid-run, one ALS thread (identical factors every run),
+# and the exposure counters get the time they need (a timeout would count them as zero).
+SUITE_ENV: Mapping[str, Mapping[str, str]] = {
+    "gateway": {"LONGTAIL_GATEWAY_HISTORY_LIMIT": "1000"},
+    "ranking": {"LONGTAIL_RANKING_REFRESH_SECONDS": "0", "LONGTAIL_RANKING_ALS_THREADS": "1"},
+    "exposure": {"LONGTAIL_EXPOSURE_PROFILES_TIMEOUT_SECONDS": "1.0"},
+}
+
+
+@dataclasses.dataclass
+class EvalResult:
+    rows: list[ResultRow]
+    facts: ItemFacts
+    evaluated_users: int
+    summary: dict[str, Any]
+    tuning: list[tuple[str, float]]
+    notes: list[str]
+    timings: dict[str, float]
+    paths: dict[str, Path]
+
+
+def natural_key(value: str) -> tuple[int, int | str]:
+    return (0, int(value)) if value.isdigit() else (1, value)
+
+
+def subset(
+    dataset: datasets.Dataset, users: int | Iterable[str], extra_items: int = 0
+) -> datasets.Dataset:
+    """Some users with all their interactions, the items they touched, and ``extra_items`` more
+    catalogue items (in catalogue order) that none of them touched, so that the subset keeps cold
+    items. ``users``: a count (the first users in natural id order) or the ids. Deterministic."""
+    if isinstance(users, int):
+        interacting = sorted({i.user_id for i in dataset.interactions}, key=natural_key)
+        keep_users = set(interacting[:users])
+    else:
+        keep_users = set(users)
+    interactions = [i for i in dataset.interactions if i.user_id in keep_users]
+    touched = {i.item_id for i in interactions}
+    extra = [item.item_id for item in dataset.items if item.item_id not in touched][:extra_items]
+    keep_items = touched | set(extra)
+    return datasets.Dataset(
+        items=[item for item in dataset.items if item.item_id in keep_items],
+        users=[user for user in dataset.users if user.user_id in keep_users],
+        interactions=interactions,
+    )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - started
+
+
+def _mean_ndcg(lists: Mapping[str, Sequence[str]], relevant: Mapping[str, frozenset[str]]) -> float:
+    values = [ndcg_at_k(lists.get(user, []), items, TUNING_K) for user, items in relevant.items()]
+    kept = [v for v in values if v is not None]
+    return sum(kept) / len(kept) if kept else 0.0
+
+
+def _train_matrix(part: Sequence[datasets.InteractionRecord], items: Sequence[str]) -> TrainMatrix:
+    return TrainMatrix.build(((i.user_id, i.item_id) for i in part), items)
+
+
+def tune_baselines(
+    validation: Split[datasets.InteractionRecord],
+    catalogue: Sequence[str],
+    vectors: Mapping[str, npt.NDArray[np.float32]],
+    config: EvalConfig,
+) -> tuple[AlsParams, str, list[tuple[str, float]]]:
+    """ALS grid and the relevance-only base of xQuAD, chosen by validation NDCG@10."""
+    train = _train_matrix(validation.train, catalogue)
+    relevant = {u: r for u, r in validation.relevant_items().items() if u in train.user_index}
+    users = sorted(relevant, key=natural_key)
+    k = TUNING_K
+    results: list[tuple[str, float]] = []
+    best_params: AlsParams | None = None
+    best_als = -1.0
+    for factors in config.als_factors:
+        for reg in config.als_regularization:
+            params = AlsParams(factors, reg, config.als_iterations, config.als_alpha)
+            model = Als(params, seed=config.seed)
+            model.fit(train)
+            score = _mean_ndcg(recommend(model, train, users, k), relevant)
+            results.append((f"als {params.label()}", score))
+            if score > best_als:
+                best_params, best_als = params, score
+    assert best_params is not None
+    base_scores = {"als": best_als}
+    popular = MostPopular()
+    popular.fit(train)
+    base_scores["most_popular"] = _mean_ndcg(recommend(popular, train, users, k), relevant)
+    results.append(("most_popular", base_scores["most_popular"]))
+    if vectors:
+        content = ContentOnly(vectors)
+        content.fit(train)
+        base_scores["content"] = _mean_ndcg(recommend(content, train, users, k), relevant)
+        results.append(("content", base_scores["content"]))
+    base = max(base_scores, key=lambda name: (base_scores[name], name))
+    return best_params, base, results
+
+
+async def read_vectors(client: LongtailClient, timeout: float) -> dict[str, npt.NDArray[np.float32]]:
+    """Every indexed item's vector, from the store (profiles ListItems include_vectors)."""
+    vectors: dict[str, npt.NDArray[np.float32]] = {}
+    token = ""
+    while True:
+        page = await client.profiles.ListItems(
+            profiles_service_pb2.ListItemsRequest(
+                page_size=1000, page_token=token, include_vectors=True
+            ),
+            timeout=timeout,
+        )
+        for item in page.items:
+            if item.HasField("vector") and item.vector.values:
+                vectors[item.item_id] = np.asarray(item.vector.values, dtype=np.float32)
+        token = page.next_page_token
+        if not token:
+            return vectors
+
+
+def _merge_env(
+    base: Mapping[str, Mapping[str, str]], extra: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, str]]:
+    merged = {name: dict(env) for name, env in base.items()}
+    for name, env in extra.items():
+        merged.setdefault(name, {}).update(env)
+    return merged
+
+
+async def run_evaluation(
+    dataset: datasets.Dataset,
+    config: EvalConfig,
+    console: Console | None = None,
+    name: str = "dataset",
+) -> EvalResult:
+    """The whole evaluation; writes the outputs under ``config.out`` and returns the rows."""
+    from longtail_client.indexing import index_catalogue
+    from longtail_client.suite import LocalSuite, SuiteConfig
+
+    console = console or Console()
+    clock = _Clock()
+    started = time.perf_counter()
+    notes: list[str] = []
+    ks = tuple(config.ks)
+    k_max = max(ks)
+    catalogue = [item.item_id for item in dataset.items]
+    categories = {item.item_id: item.categories for item in dataset.items}
+
+    with clock.phase("split"):
+        parts = split(
+            dataset.interactions, config.split, config.test_share, config.min_interactions
+        )
+        validation = split(parts.train, config.split, config.test_share, config.min_interactions)
+        relevant = parts.relevant_items()
+        users = sorted(relevant, key=natural_key)
+        train_matrix = TrainMatrix.build(
+            ((i.user_id, i.item_id) for i in parts.train), catalogue, users
+        )
+        seen = {u: {train_matrix.items[i] for i in train_matrix.seen(r)} for u, r in
+                ((u, train_matrix.user_index[u]) for u in users)}
+    console.print(
+        f"[bold]{name}[/bold]: {len(catalogue)} items, {len(dataset.interactions)} interactions; "
+        f"{config.split} time split: {len(parts.train)} train / {len(parts.test)} test, "
+        f"{len(users)} test users; validation slice {len(validation.test)} interactions"
+    )
+
+    workdir = config.suite_workdir
+    shutil.rmtree(workdir, ignore_errors=True)
+    suite_config = SuiteConfig(
+        workdir=workdir,
+        extra_env=_merge_env(SUITE_ENV, config.suite_env),
+        triton_url=config.triton_url,
+    )
+    rows: list[ResultRow] = []
+    tuning: list[tuple[str, float]] = []
+    console.print("[bold]starting Triton and the five services…[/bold]")
+    with clock.phase("suite start"):
+        suite = LocalSuite(suite_config)
+        await suite.__aenter__()
+    try:
+        async with LongtailClient(suite.targets, timeout_seconds=config.timeout) as client:
+            with clock.phase("upload"):
+                train_data = datasets.Dataset(dataset.items, dataset.users, list(parts.train))
+                await datasets.upload(
+                    train_data, client.profiles, progress=config.progress, timeout=120.0
+                )
+            with clock.phase("index"):
+                await index_catalogue(client.profiles, client.embeddings, progress=config.progress)
+                await client.ranking.ReloadModels(
+                    ranking_service_pb2.ReloadModelsRequest(), timeout=600
+                )
+                vectors = await read_vectors(client, 120.0)
+            if len(vectors) < len(catalogue):
+                notes.append(
+                    f"{len(catalogue) - len(vectors)} of {len(catalogue)} items have no vector "
+                    "in the store after indexing"
+                )
+            facts = ItemFacts.from_training(
+                catalogue, (i.item_id for i in parts.train), categories, vectors
+            )
+
+            with clock.phase("tuning"):
+                als_params, xquad_base, tuning = tune_baselines(
+                    validation, catalogue, vectors, config
+                )
+            console.print(
+                f"validation: ALS {als_params.label()}; xQuAD over {xquad_base} "
+                f"(NDCG@{TUNING_K} on the validation slice)"
+            )
+
+            with clock.phase("service training"):
+                service_params = als_params if config.tune_service_als else AlsParams(0, 0.0, 0)
+                trained = await client.ranking.TrainModel(
+                    ranking_service_pb2.TrainModelRequest(
+                        factors=service_params.factors,
+                        iterations=service_params.iterations,
+                        regularization=service_params.regularization,
+                    ),
+                    timeout=max(config.timeout, 1800),
+                )
+                await client.ranking.ReloadModels(
+                    ranking_service_pb2.ReloadModelsRequest(), timeout=600
+                )
+
+            with clock.phase("baselines"):
+                rows.extend(
+                    _baseline_rows(
+                        train_matrix, users, relevant, facts, vectors, als_params, xquad_base,
+                        config, ks,
+                    )
+                )
+
+            settings = config.sweep()
+            run_tag = f"eval-{config.seed}"
+            flag_mismatch = 0
+            seen_served = 0
+            for setting in settings:
+                with clock.phase("gateway"):
+                    served = await serve_setting(
+                        client, users, setting, k_max, seed=config.seed, run_tag=run_tag,
+                        concurrency=config.concurrency, timeout=config.timeout,
+                        progress=config.progress,
+                    )
+                flag_mismatch += sum(
+                    1 for item, flag in served.flagged_tail.items() if flag != facts.is_tail(item)
+                )
+                seen_served += sum(
+                    len(set(items) & seen.get(user, set()))
+                    for user, items in served.lists.items()
+                )
+                row = _row(
+                    f"gateway:{setting.family}", setting.family, "suite", setting.label,
+                    served.lists, relevant, facts, ks,
+                )
+                row.fallbacks = served.fallbacks
+                rows.append(row)
+                if served.fallbacks:
+                    notes.append(
+                        f"{setting.family} {setting.label}: {served.fallbacks} of {len(users)} "
+                        "answers came from the gateway's fallback"
+                    )
+            if flag_mismatch:
+                notes.append(
+                    f"{flag_mismatch} served items carried an is_tail flag that differs from the "
+                    "evaluation's head/tail split of the training part"
+                )
+            if seen_served:
+                notes.append(
+                    f"{seen_served} served items were already in the user's training history "
+                    "(histories longer than the gateway's history limit)"
+                )
+    finally:
+        with clock.phase("suite stop"):
+            await suite.stop()
+    clock.timings["total"] = time.perf_counter() - started
+
+    summary = {
+        "dataset": name,
+        "items": len(catalogue),
+        "interactions": len(dataset.interactions),
+        "split": config.split,
+        "train_interactions": len(parts.train),
+        "test_interactions": len(parts.test),
+        "validation_interactions": len(validation.test),
+        "evaluated_users": len(users),
+        "head_items": len(facts.head),
+        "cold_items": sum(1 for item in catalogue if facts.is_cold(item)),
+        "ild_space": facts.ild_space,
+        "als": als_params.label(),
+        "xquad_base": xquad_base,
+        "service_collaborative_version": trained.collaborative_version,
+        "seed": config.seed,
+    }
+    preamble = _preamble(summary, config)
+    tuning_text = "\n".join(f"- {label}: NDCG@{TUNING_K} {score:.4f}" for label, score in tuning)
+    extra = {"Validation (tuning) results": tuning_text}
+    if notes:
+        extra["Notes"] = "\n".join(f"- {note}" for note in notes)
+    paths = write_outputs(rows, ks, config.out, preamble, extra)
+    (config.out / "timings.json").write_text(json.dumps(clock.timings, indent=2) + "\n")
+    paths["timings"] = config.out / "timings.json"
+    print_tables(rows, ks, console)
+    for note in notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(
+        "timings: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in clock.timings.items())
+    )
+    console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return EvalResult(rows, facts, len(users), summary, tuning, notes, clock.timings, paths)
+
+
+def _row(
+    method: str,
+    family: str,
+    kind: str,
+    setting: str,
+    lists: Mapping[str, Sequence[str]],
+    relevant: Mapping[str, frozenset[str]],
+    facts: ItemFacts,
+    ks: Sequence[int],
+) -> ResultRow:
+    return ResultRow(
+        method=method,
+        family=family,
+        kind=kind,
+        setting=setting,
+        metrics=evaluate(lists, relevant, facts, ks),
+        exposure=exposure_counts(
+            (lists.get(user, ()) for user in relevant), facts.catalogue, ks[0]
+        ),
+    )
+
+
+def _baseline_rows(
+    train: TrainMatrix,
+    users: Sequence[str],
+    relevant: Mapping[str, frozenset[str]],
+    facts: ItemFacts,
+    vectors: Mapping[str, npt.NDArray[np.float32]],
+    als_params: AlsParams,
+    xquad_base: str,
+    config: EvalConfig,
+    ks: Sequence[int],
+) -> list[ResultRow]:
+    k_max = max(ks)
+    models: dict[str, tuple[Recommender, str]] = {
+        "most_popular": (MostPopular(), "-"),
+        "random": (RandomItems(config.seed), f"seed={config.seed}"),
+        "als": (Als(als_params, seed=config.seed), als_params.label()),
+    }
+    if vectors:
+        models["content"] = (ContentOnly(vectors), "mean of history vectors")
+    rows: list[ResultRow] = []
+    for name, (model, label) in models.items():
+        model.fit(train)
+        lists = recommend(model, train, users, k_max)
+        rows.append(_row(name, name, "baseline", label, lists, relevant, facts, ks))
+    base_model = models[xquad_base][0]
+    pools = scored_lists(base_model, train, users, config.xquad_pool)
+    family = f"xquad({xquad_base})"
+    for lam in config.xquad_lambdas:
+        lists = xquad_lists(pools, train, facts.head, lam, k_max)
+        rows.append(_row(family, family, "baseline", f"lambda={lam:g}", lists, relevant, facts, ks))
+    return rows
+
+
+def _preamble(summary: Mapping[str, Any], config: EvalConfig) -> str:
+    split_rule = (
+        f"per user, the last {config.test_share:.0%} of each user's interactions by time are test"
+        if config.split == "user"
+        else f"global: interactions in the last {config.test_share:.0%} of time order are test"
+    )
+    test_share_pct = f"{config.test_share:.0%}"
+    return "\n".join(
+        [
+            f"# Offline evaluation: {summary['dataset']}",
+            "",
+            f"- {summary['items']} items, {summary['interactions']} interactions (implicit: "
+            "every rating is an interaction)",
+            f"- split: {split_rule}; users with fewer than {config.min_interactions} interactions "
+            f"stay in train only; {summary['train_interactions']} train / "
+            f"{summary['test_interactions']} test interactions; "
+            f"{summary['evaluated_users']} users evaluated",
+            f"- validation: the last {test_share_pct} of the training part by the same rule "
+            f"({summary['validation_interactions']} interactions), used for all tuning",
+            f"- head = top 20% of items by training interactions ({summary['head_items']} items);"
+            f" tail = the rest; cold = no training interaction ({summary['cold_items']} items)",
+            f"- ALS tuned on validation: {summary['als']}; xQuAD over {summary['xquad_base']}'s "
+            f"top {config.xquad_pool}",
+            f"- ILD over {summary['ild_space']}; seed {summary['seed']}; rows `gateway:*` are "
+            "lists served by the running gateway",
+        ]
+    )
+
+
+__all__ = ["EvalConfig", "EvalResult", "run_evaluation", "subset", "tune_baselines"]
