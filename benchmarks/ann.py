@@ -103,6 +103,8 @@ def measure(
 
 def scoring_benchmark(items: int, dimension: int, calls: int, seed: int) -> None:
     """Per-call ``scorer.rank`` time on a synthetic catalogue with ALS factors."""
+    import threadpoolctl  # type: ignore[import-untyped]
+
     from services.common.tail import head_items
     from services.ranking.catalog import CatalogItems, ItemStatsRecord, ModelRef, build_snapshot
     from services.ranking.collaborative import AlsParams, InteractionBatch, train_als
@@ -114,6 +116,8 @@ def scoring_benchmark(items: int, dimension: int, calls: int, seed: int) -> None
         rank,
     )
 
+    # As the service runs (app._single_threaded_blas).
+    threadpoolctl.threadpool_limits(1, user_api="blas")
     rng = np.random.default_rng(seed)
     vectors, _, _ = clustered_vectors(items, dimension, max(items // 1000, 50), seed)
     ids = [f"i{i}" for i in range(items)]
@@ -171,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--m", type=int, default=IndexParams.hnsw_m)
     parser.add_argument("--ef-construction", type=int, default=IndexParams.hnsw_ef_construction)
-    parser.add_argument("--ef-search", default="64,100,128,200,300")
+    # HNSW needs a beam of at least k, so values below k behave as k.
+    parser.add_argument("--ef-search", default="100,128,160,200,300")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scoring", action="store_true", help="also time scorer.rank")
     parser.add_argument("--scoring-items", type=int, default=100_000)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
-
 from services.common.server import ServiceDefinition
 from services.embeddings.cache import EmbeddingCache
 from services.embeddings.config import EmbeddingsSettings

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -56,7 +57,7 @@ class Embedder:
         self.info_ttl = info_ttl
         self._clock = clock
         self._info: ModelInfo | None = None
-        self._info_at = 0.0
+        self._info_expires = -math.inf
 
     @property
     def last_model_info(self) -> ModelInfo | None:
@@ -85,17 +86,18 @@ class Embedder:
                 )
 
     async def model_info(self, timeout: float, refresh: bool = False) -> ModelInfo:
-        if refresh or self._info is None or self._clock() - self._info_at >= self.info_ttl:
+        if refresh or self._info is None or self._clock() >= self._info_expires:
             try:
                 info = await self.backend.model_info(timeout)
             except Exception:
-                self._info_at = 0.0  # ask again next time
+                self.forget_model_info()  # ask again next time
                 raise
-            self._info, self._info_at = info, self._clock()
+            self._info, self._info_expires = info, self._clock() + self.info_ttl
         return self._info
 
     def forget_model_info(self) -> None:
-        self._info_at = 0.0
+        """Read the model's identity again before the next call (kept for ``describe``)."""
+        self._info_expires = -math.inf
 
     async def ready(self, timeout: float = 1.0) -> bool:
         """Readiness probe: the backend serves the model (and its identity is fresh)."""

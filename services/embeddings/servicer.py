@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import grpc
+
 from longtail.embeddings.v1 import embeddings_service_pb2 as pb
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
-
 from services.common.deadlines import outbound_timeout
 from services.embeddings.embedder import Embedder
 

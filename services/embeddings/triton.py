@@ -126,9 +126,19 @@ class TritonEncoderClient:
         size = model.max_batch_size
         chunks = [texts[start : start + size] for start in range(0, len(texts), size)]
         deadline = time.monotonic() + timeout
-        async with asyncio.TaskGroup() as group:  # one failure cancels the other chunks
-            tasks = [group.create_task(self._infer(chunk, model, deadline)) for chunk in chunks]
-        return np.concatenate([task.result() for task in tasks], axis=0)
+        if len(chunks) == 1:
+            return await self._infer(chunks[0], model, deadline)
+        tasks = [asyncio.ensure_future(self._infer(chunk, model, deadline)) for chunk in chunks]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            # One chunk failed (or we were cancelled): the others are of no use any more. The
+            # first error is raised as itself, not wrapped, so that it maps to its status.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        return np.concatenate(parts, axis=0)
 
     async def _infer(self, texts: Sequence[str], model: ModelInfo, deadline: float) -> Vectors:
         data = np.array([text.encode("utf-8") for text in texts], dtype=np.object_).reshape(-1, 1)

@@ -536,17 +536,22 @@ class ProfilesInteractionSource:
 
 
 class EmbeddingsTextEncoder:
-    """``TextEncoder`` over embeddings.EmbedTexts."""
+    """``TextEncoder`` over embeddings.EmbedTexts.
 
-    def __init__(self, embeddings: Any, timeout: float = 2.0) -> None:
+    Takes at most ``share`` of the caller's remaining time, so that a slow encoder still leaves
+    time to answer from the popularity-and-tail fallback.
+    """
+
+    def __init__(self, embeddings: Any, timeout: float = 2.0, share: float = 0.5) -> None:
         self._embeddings = embeddings
         self._timeout = timeout
+        self._share = share
 
     async def embed(self, text: str, deadline: HasTimeRemaining | None) -> EncodedText:
         try:
             response = await self._embeddings.EmbedTexts(
                 embeddings_service_pb2.EmbedTextsRequest(texts=[text]),
-                timeout=outbound_timeout(deadline, self._timeout),
+                timeout=outbound_timeout(deadline, self._timeout, self._share),
             )
         except grpc.aio.AioRpcError as error:
             raise from_upstream(error, "embeddings") from error

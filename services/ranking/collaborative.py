@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,11 @@ def train_als(
     matrix.sum_duplicates()
     item_counts = np.bincount(item_index, minlength=len(item_ids)).astype(np.int64)
 
-    with _threadpool_limits(1):
+    with _threadpool_limits(1), warnings.catch_warnings():
+        # OpenBLAS 0.3.30 (scipy's) can report its old thread count in a worker thread after
+        # the limit above is set; implicit then warns although the limit is in place. The process
+        # entry point also sets OPENBLAS_NUM_THREADS=1 before any BLAS loads.
+        warnings.filterwarnings("ignore", message="OpenBLAS is configured", category=RuntimeWarning)
         model = AlternatingLeastSquares(
             factors=params.factors,
             regularization=params.regularization,

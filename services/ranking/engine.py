@@ -342,7 +342,7 @@ class RankingEngine:
             },
         )
         if result.source is VectorSource.NONE and request.history:
-            log.info("no usable history for ranking", extra={"fields": {"user": request.user_id}})
+            log.debug("no usable history for ranking", extra={"fields": {"user": request.user_id}})
         return RankOutcome(result, snapshot.version, state.collaborative_version)
 
     def status(self) -> RankingStatus:

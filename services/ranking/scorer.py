@@ -318,9 +318,7 @@ def rank(
         source = VectorSource.INTERESTS
     else:
         source = VectorSource.NONE
-    recent_rows = (
-        history_rows[: config.recent_items] if source is VectorSource.HISTORY else (_EMPTY_ROWS)
-    )
+    recent_rows = history_rows[: config.recent_items]
 
     # --- candidate sources
     parts: list[RowArray] = []

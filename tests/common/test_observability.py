@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from longtail.common.v1 import common_pb2
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from longtail_client.evaluation.metrics import gini as offline_gini
+from services.common.channels import check_health
 from services.common.logging import JsonFormatter
 from services.common.observability import (
     ExposureWindow,
@@ -57,10 +58,10 @@ class Stack:
     exporter: InMemorySpanExporter
     domain: RecommenderMetrics
     metrics: MetricsServer
-    gateway: gateway_service_pb2_grpc.GatewayServiceStub
+    gateway: gateway_service_pb2_grpc.GatewayServiceAsyncStub
     gateway_target: str
     relay_target: str
-    health: health_pb2_grpc.HealthStub
+    health: grpc.aio.Channel
     channels: list[grpc.aio.Channel]
 
     def client_channel(self, target: str) -> grpc.aio.Channel:
@@ -118,18 +119,17 @@ async def stack() -> AsyncIterator[Stack]:
         health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
 
     gateway_server, gateway_port = await _serve(observability, add_gateway)
-    channels: list[grpc.aio.Channel] = []
+    gateway_channel = grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}")
+    channels: list[grpc.aio.Channel] = [gateway_channel]
     stack = Stack(
         observability=observability,
         exporter=exporter,
         domain=domain,
         metrics=start_metrics_server(0, "127.0.0.1", [observability.registry, domain.registry]),
-        gateway=gateway_service_pb2_grpc.GatewayServiceStub(
-            grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}")
-        ),
+        gateway=gateway_service_pb2_grpc.GatewayServiceStub(gateway_channel),
         gateway_target=f"127.0.0.1:{gateway_port}",
         relay_target="",
-        health=health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}")),
+        health=gateway_channel,
         channels=channels,
     )
     # A relay: a second service whose handler calls the gateway, as the gateway calls ranking.
@@ -170,7 +170,7 @@ async def test_metrics_endpoint_serves_rpc_latency_and_errors_by_code(stack: Sta
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stack.gateway.Recommend(Request(user_id="u1", k=0), timeout=5)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    await stack.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert await check_health(stack.health) == health_pb2.HealthCheckResponse.SERVING
 
     families = await asyncio.to_thread(stack.scrape)
     duration = "longtail_rpc_server_duration_seconds"
@@ -289,12 +289,12 @@ async def test_spans_link_parent_and_child_across_two_hops(stack: Stack) -> None
 async def test_failed_call_marks_both_spans_as_errors_and_health_is_not_traced(
     stack: Stack,
 ) -> None:
-    gateway = gateway_service_pb2_grpc.GatewayServiceStub(
-        stack.client_channel(stack.gateway_target)
+    gateway: gateway_service_pb2_grpc.GatewayServiceAsyncStub = (
+        gateway_service_pb2_grpc.GatewayServiceStub(stack.client_channel(stack.gateway_target))
     )
     with pytest.raises(grpc.aio.AioRpcError):
         await gateway.Recommend(Request(user_id="", k=5), timeout=5)
-    await stack.health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert await check_health(stack.health) == health_pb2.HealthCheckResponse.SERVING
     spans = stack.spans()
     assert len(spans) == 2  # client and server of the failed Recommend; no health span
     for span in spans:

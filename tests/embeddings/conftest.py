@@ -12,9 +12,9 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from longtail.embeddings.v1 import embeddings_service_pb2 as pb
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
-
 from services.common.server import RunningService, start_service
 from services.common.settings import ServerSettings
 from services.embeddings.app import build
@@ -95,15 +95,13 @@ async def serve_embeddings(
         await running.stop()
 
 
-async def wait_for_health(
-    channel: grpc.aio.Channel, serving: bool, timeout: float = 60.0
-) -> None:
+async def wait_for_health(channel: grpc.aio.Channel, serving: bool, timeout: float = 60.0) -> None:
     wanted = (
         health_pb2.HealthCheckResponse.SERVING
         if serving
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
-    stub = health_pb2_grpc.HealthStub(channel)
+    stub: Any = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + timeout
     status = None
     while time.monotonic() < deadline:
@@ -118,7 +116,7 @@ async def wait_for_health(
 @pytest.fixture
 async def embeddings(
     triton: TritonServer,
-) -> AsyncIterator[tuple[RunningService, pb_grpc.EmbeddingsServiceStub]]:
+) -> AsyncIterator[tuple[RunningService, pb_grpc.EmbeddingsServiceAsyncStub]]:
     """The embeddings service on port 0 in front of the session's Triton, cache disabled."""
     async with serve_embeddings(triton.grpc_url, cache_size=0) as (running, channel):
         await wait_for_health(channel, serving=True)

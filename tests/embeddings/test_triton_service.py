@@ -8,12 +8,11 @@ import os
 import grpc
 import numpy as np
 import pytest
+
 from longtail.embeddings.v1 import embeddings_service_pb2 as pb
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
-
 from services.common.errors import error_info
 from services.common.server import RunningService
-from services.embeddings.triton import TritonEncoderClient
 from services.embeddings.tritonserver import TritonServer, free_ports
 from tests.embeddings.conftest import (
     Reference,
@@ -25,7 +24,7 @@ from tests.embeddings.conftest import (
 
 pytestmark = pytest.mark.triton
 
-Service = tuple[RunningService, pb_grpc.EmbeddingsServiceStub]
+Service = tuple[RunningService, pb_grpc.EmbeddingsServiceAsyncStub]
 
 TEXTS = [
     "Toy Story (1995). Adventure, Animation, Children, Comedy, Fantasy",
@@ -79,7 +78,9 @@ async def test_batch_larger_than_max_batch_size_is_split(
 ) -> None:
     _, stub = embeddings
     info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
-    texts = [f"catalogue item {i} with tags drama, {i % 13}" for i in range(info.max_batch_size * 2 + 5)]
+    texts = [
+        f"catalogue item {i} with tags drama, {i % 13}" for i in range(info.max_batch_size * 2 + 5)
+    ]
     response = await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=120)
     np.testing.assert_allclose(vectors(response), reference(texts), atol=1e-5, rtol=0)
 
@@ -110,7 +111,7 @@ async def test_model_info_and_limits(embeddings: Service, triton: TritonServer) 
 async def test_cache_returns_identical_vectors(triton: TritonServer) -> None:
     async with serve_embeddings(triton.grpc_url, cache_size=100) as (_, channel):
         await wait_for_health(channel, serving=True)
-        stub = pb_grpc.EmbeddingsServiceStub(channel)
+        stub: pb_grpc.EmbeddingsServiceAsyncStub = pb_grpc.EmbeddingsServiceStub(channel)
         texts = ["The Godfather (1972)", "Heat (1995)", "The Godfather (1972)"]
         first = await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=60)
         second = await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=60)
@@ -131,7 +132,7 @@ async def test_dead_triton_gives_unavailable_and_not_serving_then_recovers() -> 
             _,
             channel,
         ):
-            stub = pb_grpc.EmbeddingsServiceStub(channel)
+            stub: pb_grpc.EmbeddingsServiceAsyncStub = pb_grpc.EmbeddingsServiceStub(channel)
             await wait_for_health(channel, serving=True)
             texts = ["Blade Runner (1982)", "Alien (1979)"]
             before = vectors(await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=60))
@@ -163,4 +164,3 @@ async def test_dead_triton_gives_unavailable_and_not_serving_then_recovers() -> 
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
-

@@ -120,7 +120,5 @@ def test_global_split_never_puts_test_before_train(events: list[InteractionRecor
         for e in events:
             counts[e.user_id] += 1
         # every eligible user's train is strictly before the cut-off
-        assert all(
-            e.occurred_at < cutoff for e in parts.train if counts[e.user_id] >= 5
-        )
+        assert all(e.occurred_at < cutoff for e in parts.train if counts[e.user_id] >= 5)
     assert all(len([x for x in events if x.user_id == e.user_id]) >= 5 for e in parts.test)

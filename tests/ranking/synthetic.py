@@ -59,7 +59,8 @@ class World:
         )
 
     def category_vector(self, category: str) -> FloatArray:
-        return self.centroids[CATEGORIES.index(category)]
+        vector: FloatArray = self.centroids[CATEGORIES.index(category)]
+        return vector
 
 
 def make_world(

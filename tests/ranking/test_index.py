@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from services.ranking.index import (
+    FloatArray,
     IndexParams,
     PoolIndex,
+    RowArray,
     SearchRequest,
     VectorIndex,
     multi_search,
@@ -15,18 +18,21 @@ from services.ranking.index import (
 )
 
 
-def clustered(n: int, dimension: int, clusters: int, seed: int) -> np.ndarray:
+def clustered(n: int, dimension: int, clusters: int, seed: int) -> FloatArray:
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dimension))
     labels = rng.integers(0, clusters, n)
     return normalize_rows(centres[labels] + rng.standard_normal((n, dimension)) * 0.6)
 
 
-def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray) -> np.ndarray:
+def brute_force(
+    vectors: FloatArray, query: FloatArray, k: int, allowed: npt.NDArray[np.bool_]
+) -> RowArray:
     scores = vectors @ query
     scores[~allowed] = -np.inf
     order = np.argsort(-scores, kind="stable")[:k]
-    return order[np.isfinite(scores[order])]
+    best: RowArray = order[np.isfinite(scores[order])].astype(np.int64)
+    return best
 
 
 def test_normalize_rows_gives_unit_rows_and_keeps_zero_rows() -> None:

@@ -1,7 +1,7 @@
 """Baselines run in the same command as the suite: most-popular, random, ALS (``implicit``),
 content-only over the LLM item vectors, and plain xQuAD over a relevance baseline's top 100.
 
-Every baseline scores a (users × catalogue) block; ``recommend`` removes each user's training
+Every baseline scores a (users x catalogue) block; ``recommend`` removes each user's training
 items and keeps the top K with ties broken by catalogue order, so results repeat exactly. A user
 with no training interactions (possible under the global split) gets the most-popular list.
 """
@@ -25,7 +25,7 @@ SCORE_BATCH = 256
 
 @dataclasses.dataclass(frozen=True)
 class TrainMatrix:
-    """Binary user × item matrix of training interactions (a repeated pair counts once)."""
+    """Binary user-by-item matrix of training interactions (a repeated pair counts once)."""
 
     users: tuple[str, ...]
     items: tuple[str, ...]

@@ -30,6 +30,7 @@ import dataclasses
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,7 +64,7 @@ class ItemFacts:
         catalogue: Iterable[str],
         train_item_ids: Iterable[str],
         categories: Mapping[str, Iterable[str]] | None = None,
-        vectors: Mapping[str, Sequence[float] | FloatArray] | None = None,
+        vectors: Mapping[str, Sequence[float] | npt.NDArray[np.floating[Any]]] | None = None,
     ) -> ItemFacts:
         """Popularity = training interactions per item; head by ``services.common.tail``."""
         items = tuple(dict.fromkeys(catalogue))
@@ -218,7 +219,9 @@ def gini(values: Sequence[float] | npt.NDArray[np.generic]) -> float:
     return float(((2 * ranks - n - 1) * x).sum() / (n * total))
 
 
-def lorenz_curve(values: Sequence[float] | npt.NDArray[np.generic]) -> tuple[FloatArray, FloatArray]:
+def lorenz_curve(
+    values: Sequence[float] | npt.NDArray[np.generic],
+) -> tuple[FloatArray, FloatArray]:
     """(cumulative share of items, cumulative share of exposure), items sorted by exposure
     ascending, both starting at 0 and ending at 1 (the diagonal when nothing was shown)."""
     x = np.sort(np.asarray(values, dtype=np.float64))

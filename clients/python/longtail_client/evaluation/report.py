@@ -6,6 +6,7 @@ import csv
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,7 @@ HEADERS = {
     "ild": "ILD",
 }
 DIGITS = {"arp": 1, "novelty": 2}
+TABLE_WIDTH = 200
 
 
 @dataclasses.dataclass
@@ -54,9 +56,7 @@ def _fmt(metric: str, value: float) -> str:
 
 def table_rows(rows: Sequence[ResultRow], k: int) -> tuple[list[str], list[list[str]]]:
     header = ["method", "setting"] + [f"{HEADERS[m]}@{k}" for m in METRICS]
-    body = [
-        [row.method, row.setting] + [_fmt(m, row.value(m, k)) for m in METRICS] for row in rows
-    ]
+    body = [[row.method, row.setting] + [_fmt(m, row.value(m, k)) for m in METRICS] for row in rows]
     return header, body
 
 
@@ -72,6 +72,9 @@ def markdown(rows: Sequence[ResultRow], ks: Sequence[int], preamble: str = "") -
 
 
 def print_tables(rows: Sequence[ResultRow], ks: Sequence[int], console: Console) -> None:
+    # Thirteen columns do not fit 80 characters; print wide rather than truncating the numbers.
+    if console.width < TABLE_WIDTH:
+        console = Console(file=console.file, width=TABLE_WIDTH, force_terminal=console.is_terminal)
     for k in ks:
         header, body = table_rows(rows, k)
         table = Table(title=f"Offline evaluation, K = {k}", show_lines=False)
@@ -95,13 +98,19 @@ def write_csv(rows: Sequence[ResultRow], ks: Sequence[int], path: Path) -> None:
             )
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _colours(n: int) -> list[object]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab20" if n > 10 else "tab10")
+    return [cmap(i % cmap.N) for i in range(n)]
 
 
 def tradeoff_plot(rows: Sequence[ResultRow], k: int, path: Path) -> None:
@@ -111,21 +120,37 @@ def tradeoff_plot(rows: Sequence[ResultRow], k: int, path: Path) -> None:
     families: dict[str, list[ResultRow]] = {}
     for row in rows:
         families.setdefault(row.family, []).append(row)
-    markers = "osD^v<>ph*X"
+    markers = "osD^v<>ph*XP"
+    colours = _colours(len(families))
     for index, (family, members) in enumerate(families.items()):
         xs = [r.value("aplt", k) for r in members]
         ys = [r.value("ndcg", k) for r in members]
         baseline = members[0].kind == "baseline"
-        style = "--" if baseline else "-"
         marker = markers[index % len(markers)]
         label = f"{family} ({'baseline' if baseline else 'gateway'})"
+        colour = colours[index]
         if len(members) > 1:
-            ax.plot(xs, ys, style, marker=marker, label=label, markersize=6)
-            for r, x, y in zip(members, xs, ys, strict=True):
-                ax.annotate(r.setting.split("=")[-1], (x, y), fontsize=7,
-                            textcoords="offset points", xytext=(4, 3))
+            ax.plot(
+                xs,
+                ys,
+                "--" if baseline else "-",
+                marker=marker,
+                label=label,
+                markersize=6,
+                color=colour,
+            )
+            # Label the two ends of a sweep with their parameter value (the middle would crowd).
+            for r, x, y in ((members[0], xs[0], ys[0]), (members[-1], xs[-1], ys[-1])):
+                ax.annotate(
+                    r.setting.split("=")[-1],
+                    (x, y),
+                    fontsize=7,
+                    color=colour,
+                    textcoords="offset points",
+                    xytext=(4, 3),
+                )
         else:
-            ax.scatter(xs, ys, marker=marker, s=60, label=label, zorder=3)
+            ax.scatter(xs, ys, marker=marker, s=60, label=label, zorder=3, color=colour)
     ax.set_xlabel(f"APLT@{k} (share of tail items in the list)")
     ax.set_ylabel(f"NDCG@{k}")
     ax.set_title(f"Accuracy vs long-tail share (NDCG@{k} vs APLT@{k}); dashed = baselines")
@@ -137,24 +162,32 @@ def tradeoff_plot(rows: Sequence[ResultRow], k: int, path: Path) -> None:
 
 
 def lorenz_plot(rows: Sequence[ResultRow], k: int, path: Path) -> None:
-    """Lorenz curves of top-k exposure over the whole catalogue, with each row's Gini."""
+    """Lorenz curves of top-k exposure over the whole catalogue, with each row's Gini; the
+    right panel zooms on the most exposed 20% of items, where the curves differ."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 7), dpi=120)
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="equal exposure (Gini 0)")
-    for row in rows:
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(14, 6.5), dpi=120)
+    colours = _colours(len(rows))
+    for ax in (full, zoom):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="equal exposure (Gini 0)")
+    for colour, row in zip(colours, rows, strict=True):
         if row.exposure is None:
             continue
         x, y = lorenz_curve(row.exposure)
         style = "--" if row.kind == "baseline" else "-"
         label = f"{row.method} {row.setting} (Gini {gini(row.exposure):.3f})"
-        ax.plot(x, y, style, label=label, linewidth=1.4)
-    ax.set_xlabel("cumulative share of catalogue items (least exposed first)")
-    ax.set_ylabel(f"cumulative share of top-{k} exposure")
-    ax.set_title(f"Lorenz curves of exposure at K={k} (dashed = baselines)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+        for ax in (full, zoom):
+            ax.plot(x, y, style, label=label, linewidth=1.4, color=colour)
+    full.set_xlim(0, 1)
+    full.set_ylim(0, 1)
+    full.set_title(f"Lorenz curves of top-{k} exposure (dashed = baselines)")
+    zoom.set_xlim(0.8, 1)
+    zoom.set_ylim(0, 1)
+    zoom.set_title("zoom: the most exposed 20% of the catalogue")
+    for ax in (full, zoom):
+        ax.set_xlabel("cumulative share of catalogue items (least exposed first)")
+        ax.set_ylabel(f"cumulative share of top-{k} exposure")
+        ax.grid(True, alpha=0.3)
+    full.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

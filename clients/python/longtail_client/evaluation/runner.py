@@ -14,6 +14,7 @@ Steps (see README.md in this folder for the protocol):
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import shutil
@@ -97,6 +98,10 @@ SUITE_ENV: Mapping[str, Mapping[str, str]] = {
     "ranking": {"LONGTAIL_RANKING_REFRESH_SECONDS": "0", "LONGTAIL_RANKING_ALS_THREADS": "1"},
     "exposure": {"LONGTAIL_EXPOSURE_PROFILES_TIMEOUT_SECONDS": "1.0"},
 }
+
+
+class SuiteStartError(RuntimeError):
+    """Triton or a service did not start (the message holds the log tail)."""
 
 
 @dataclasses.dataclass
@@ -198,7 +203,9 @@ def tune_baselines(
     return best_params, base, results
 
 
-async def read_vectors(client: LongtailClient, timeout: float) -> dict[str, npt.NDArray[np.float32]]:
+async def read_vectors(
+    client: LongtailClient, timeout: float
+) -> dict[str, npt.NDArray[np.float32]]:
     """Every indexed item's vector, from the store (profiles ListItems include_vectors)."""
     vectors: dict[str, npt.NDArray[np.float32]] = {}
     token = ""
@@ -255,8 +262,10 @@ async def run_evaluation(
         train_matrix = TrainMatrix.build(
             ((i.user_id, i.item_id) for i in parts.train), catalogue, users
         )
-        seen = {u: {train_matrix.items[i] for i in train_matrix.seen(r)} for u, r in
-                ((u, train_matrix.user_index[u]) for u in users)}
+        seen = {
+            u: {train_matrix.items[i] for i in train_matrix.seen(r)}
+            for u, r in ((u, train_matrix.user_index[u]) for u in users)
+        }
     console.print(
         f"[bold]{name}[/bold]: {len(catalogue)} items, {len(dataset.interactions)} interactions; "
         f"{config.split} time split: {len(parts.train)} train / {len(parts.test)} test, "
@@ -275,7 +284,11 @@ async def run_evaluation(
     console.print("[bold]starting Triton and the five services…[/bold]")
     with clock.phase("suite start"):
         suite = LocalSuite(suite_config)
-        await suite.__aenter__()
+        try:
+            await suite.start()
+        except Exception as error:
+            await suite.stop()
+            raise SuiteStartError(f"the suite did not start: {error}") from error
     try:
         async with LongtailClient(suite.targets, timeout_seconds=config.timeout) as client:
             with clock.phase("upload"):
@@ -299,8 +312,9 @@ async def run_evaluation(
             )
 
             with clock.phase("tuning"):
-                als_params, xquad_base, tuning = tune_baselines(
-                    validation, catalogue, vectors, config
+                # CPU work off the loop (the channels stay responsive).
+                als_params, xquad_base, tuning = await asyncio.to_thread(
+                    tune_baselines, validation, catalogue, vectors, config
                 )
             console.print(
                 f"validation: ALS {als_params.label()}; xQuAD over {xquad_base} "
@@ -323,9 +337,17 @@ async def run_evaluation(
 
             with clock.phase("baselines"):
                 rows.extend(
-                    _baseline_rows(
-                        train_matrix, users, relevant, facts, vectors, als_params, xquad_base,
-                        config, ks,
+                    await asyncio.to_thread(
+                        _baseline_rows,
+                        train_matrix,
+                        users,
+                        relevant,
+                        facts,
+                        vectors,
+                        als_params,
+                        xquad_base,
+                        config,
+                        ks,
                     )
                 )
 
@@ -336,20 +358,31 @@ async def run_evaluation(
             for setting in settings:
                 with clock.phase("gateway"):
                     served = await serve_setting(
-                        client, users, setting, k_max, seed=config.seed, run_tag=run_tag,
-                        concurrency=config.concurrency, timeout=config.timeout,
+                        client,
+                        users,
+                        setting,
+                        k_max,
+                        seed=config.seed,
+                        run_tag=run_tag,
+                        concurrency=config.concurrency,
+                        timeout=config.timeout,
                         progress=config.progress,
                     )
                 flag_mismatch += sum(
                     1 for item, flag in served.flagged_tail.items() if flag != facts.is_tail(item)
                 )
                 seen_served += sum(
-                    len(set(items) & seen.get(user, set()))
-                    for user, items in served.lists.items()
+                    len(set(items) & seen.get(user, set())) for user, items in served.lists.items()
                 )
                 row = _row(
-                    f"gateway:{setting.family}", setting.family, "suite", setting.label,
-                    served.lists, relevant, facts, ks,
+                    f"gateway:{setting.family}",
+                    setting.family,
+                    "suite",
+                    setting.label,
+                    served.lists,
+                    relevant,
+                    facts,
+                    ks,
                 )
                 row.fallbacks = served.fallbacks
                 rows.append(row)
@@ -492,4 +525,11 @@ def _preamble(summary: Mapping[str, Any], config: EvalConfig) -> str:
     )
 
 
-__all__ = ["EvalConfig", "EvalResult", "run_evaluation", "subset", "tune_baselines"]
+__all__ = [
+    "EvalConfig",
+    "EvalResult",
+    "SuiteStartError",
+    "run_evaluation",
+    "subset",
+    "tune_baselines",
+]

@@ -1,0 +1,7 @@
+"""Offline evaluation of the suite against baselines (``longtail eval``); protocol in README.md.
+
+Modules: ``split`` (time splits), ``metrics`` (DESIGN's definitions), ``baselines`` (most-popular,
+random, ALS, content-only, xQuAD), ``serving`` (lists from the running gateway, the policy sweep),
+``report`` (tables, CSV, plots), ``runner`` (the whole run: ``run_evaluation``) and ``command``
+(the CLI subcommand). Nothing is imported here, so that the CLI stays quick to start.
+"""

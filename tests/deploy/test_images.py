@@ -1,0 +1,439 @@
+"""The service images, checked without a container engine.
+
+- the requirement lists pin what pyproject pins, and cover every import of the files the image
+  copies (an import scan of services/common + services/<name>);
+- each Dockerfile is multi-stage, runs as a non-root user and starts ``python -m services.<name>``;
+- each entry point, started from a copy of exactly what its Dockerfile puts in /app, with the
+  image's environment and only its requirements importable, reports SERVING (the embeddings
+  service against a stand-in Triton that answers the readiness calls from the real model config).
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import text_format
+from grpc_health.v1 import health_pb2
+from packaging.requirements import Requirement
+
+from services.common.channels import check_health
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "deploy" / "images"
+SERVICES = ("profiles", "embeddings", "exposure", "ranking", "gateway")  # start order
+PORTS = {
+    "gateway": 50050,
+    "profiles": 50051,
+    "embeddings": 50052,
+    "ranking": 50053,
+    "exposure": 50054,
+}
+DEPENDENCIES = {
+    "profiles": (),
+    "embeddings": (),
+    "exposure": ("profiles",),
+    "ranking": ("profiles", "embeddings"),
+    "gateway": ("profiles", "ranking", "exposure"),
+}
+ENTRY = Path(__file__).with_name("image_entry.py")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_lines(path: Path) -> list[str]:
+    lines: list[str] = []
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("-r "):
+            lines += requirement_lines(path.parent / line[3:].strip())
+        elif line:
+            lines.append(line)
+    return lines
+
+
+def closure(requirements: list[str]) -> set[str]:
+    """Canonical names of the requirements and everything they pull in (markers evaluated)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    names: set[str] = set()
+    queue = [Requirement(line) for line in requirements]
+    while queue:
+        requirement = queue.pop()
+        key = (canonical(requirement.name), frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        names.add(key[0])
+        for spec in importlib.metadata.requires(requirement.name) or []:
+            dependency = Requirement(spec)
+            extras = requirement.extras or {""}
+            if dependency.marker is None or any(
+                dependency.marker.evaluate({"extra": extra}) for extra in extras
+            ):
+                queue.append(dependency)
+    return names
+
+
+def pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins: dict[str, str] = {}
+    for line in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        requirement = Requirement(line)
+        pins[canonical(requirement.name)] = str(requirement.specifier)
+    return pins
+
+
+@pytest.mark.parametrize("path", sorted(IMAGES.glob("requirements-*.txt")), ids=lambda p: p.name)
+def test_every_pin_is_pyprojects_pin(path: Path) -> None:
+    pins = pyproject_pins()
+    for line in requirement_lines(path):
+        requirement = Requirement(line)
+        name = canonical(requirement.name)
+        assert str(requirement.specifier).startswith("=="), f"{path.name}: {line} is not pinned"
+        assert name in pins, f"{path.name}: {name} is not a dependency in pyproject.toml"
+        assert str(requirement.specifier) == pins[name], f"{path.name}: {line} vs {pins[name]}"
+
+
+def _imports(folder: Path) -> dict[str, set[str]]:
+    """Top-level modules imported anywhere under ``folder`` -> the files importing them."""
+    found: dict[str, set[str]] = {}
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name.partition(".")[0], set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_requirements_cover_every_import_of_the_copied_code(service: str) -> None:
+    allowed = closure(requirement_lines(IMAGES / f"requirements-{service}.txt"))
+    owners = importlib.metadata.packages_distributions()
+    imports = _imports(ROOT / "services" / "common")
+    for name, files in _imports(ROOT / "services" / service).items():
+        imports.setdefault(name, set()).update(files)
+    local = {"services", "longtail", "__future__"}
+    missing = {
+        name: sorted(files)
+        for name, files in imports.items()
+        if name not in sys.stdlib_module_names
+        and name not in local
+        and not {canonical(owner) for owner in owners.get(name, [name])} & allowed
+    }
+    assert not missing, f"imports outside requirements-{service}.txt: {missing}"
+
+
+def test_the_embeddings_image_carries_no_model_runtime() -> None:
+    allowed = closure(requirement_lines(IMAGES / "requirements-embeddings.txt"))
+    assert "tritonclient" in allowed
+    assert not allowed & {"torch", "transformers", "onnxruntime", "nvidia-pytriton", "faiss-cpu"}
+
+
+class Dockerfile:
+    def __init__(self, path: Path) -> None:
+        text = path.read_text().replace("\\\n", " ")
+        self.stages: list[list[tuple[str, str]]] = []
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            instruction, _, rest = line.partition(" ")
+            if instruction.upper() == "FROM":
+                self.stages.append([])
+            if self.stages:
+                self.stages[-1].append((instruction.upper(), rest.strip()))
+
+    def runtime(self, instruction: str) -> list[str]:
+        return [rest for name, rest in self.stages[-1] if name == instruction]
+
+    def env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for rest in self.runtime("ENV"):
+            for pair in shlex.split(rest):
+                key, _, value = pair.partition("=")
+                env[key] = value
+        return env
+
+    def copies_into_app(self) -> list[tuple[str, str]]:
+        """(source in the repository, destination under /app) of the builder's COPY lines."""
+        pairs = []
+        for name, rest in self.stages[0]:
+            parts = rest.split()
+            if name == "COPY" and len(parts) == 2 and parts[1].startswith("/app/"):
+                pairs.append((parts[0], parts[1].removeprefix("/app/")))
+        return pairs
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_dockerfile_is_multi_stage_non_root_and_starts_the_service(service: str) -> None:
+    dockerfile = Dockerfile(IMAGES / service / "Dockerfile")
+    assert len(dockerfile.stages) == 2
+    builder = " ".join(rest for _, rest in dockerfile.stages[0])
+    assert "grpc_tools.protoc" in builder and f"requirements-{service}.txt" in builder
+    assert json.loads(dockerfile.runtime("ENTRYPOINT")[-1]) == [
+        "python",
+        "-m",
+        f"services.{service}",
+    ]
+    user = dockerfile.runtime("USER")[-1]
+    assert user.split(":")[0] not in ("0", "root")
+    env = dockerfile.env()
+    assert env[f"LONGTAIL_{service.upper()}_HOST"] == "0.0.0.0"
+    assert env[f"LONGTAIL_{service.upper()}_PORT"] == str(PORTS[service])
+    sources = {source for source, _ in dockerfile.copies_into_app()}
+    copied_services = {s for s in sources if s.startswith("services/")}
+    assert copied_services == {"services/__init__.py", "services/common", f"services/{service}"}
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+class FakeTriton:
+    """Answers the readiness calls of the embeddings service from deploy/triton's real config."""
+
+    def __init__(self) -> None:
+        from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+        self.pb = service_pb2
+        config = model_config_pb2.ModelConfig()
+        text_format.Parse((ROOT / "deploy/triton/text_encoder/config.pbtxt").read_text(), config)
+        self.config = config
+        self.server = grpc.aio.server()
+        fake = self
+
+        class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+            async def ServerLive(self, request: Any, context: Any) -> Any:
+                return fake.pb.ServerLiveResponse(live=True)
+
+            async def ServerReady(self, request: Any, context: Any) -> Any:
+                return fake.pb.ServerReadyResponse(ready=True)
+
+            async def ModelReady(self, request: Any, context: Any) -> Any:
+                return fake.pb.ModelReadyResponse(ready=request.name == fake.config.name)
+
+            async def ModelMetadata(self, request: Any, context: Any) -> Any:
+                return fake.pb.ModelMetadataResponse(
+                    name=fake.config.name, versions=["1"], platform="python"
+                )
+
+            async def ModelConfig(self, request: Any, context: Any) -> Any:
+                return fake.pb.ModelConfigResponse(config=fake.config)
+
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+
+def _build_app(service: str, target: Path) -> Path:
+    """What the Dockerfile puts in /app: its COPY lines, and the contracts compiled from protos/."""
+    app = target / "app"
+    for source, destination in Dockerfile(IMAGES / service / "Dockerfile").copies_into_app():
+        src, dst = ROOT / source, app / destination
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)
+    protos = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos").rglob("*.proto"))
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "protos"),
+         f"--python_out={app}", f"--grpc_python_out={app}", *protos],
+        check=True,
+        cwd=ROOT / "protos",
+    )  # fmt: skip
+    for folder in [app / "longtail", *(app / "longtail").rglob("*")]:
+        if folder.is_dir():
+            (folder / "__init__.py").touch()
+    return app
+
+
+class Started:
+    def __init__(self, tmp: Path, triton_url: str) -> None:
+        self.tmp = tmp
+        self.triton_url = triton_url
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+
+    def environment(self, service: str) -> dict[str, str]:
+        dockerfile = Dockerfile(IMAGES / service / "Dockerfile")
+        prefix = f"LONGTAIL_{service.upper()}_"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LONGTAIL_")}
+        image_env = dockerfile.env()
+        image_env.pop("PATH")  # the image's venv is this interpreter here
+        env.update(image_env)
+        # Only what a compose file or a manifest would set: addresses and writable places.
+        env[f"{prefix}HOST"] = "127.0.0.1"
+        env[f"{prefix}PORT"] = "0"
+        env[f"{prefix}METRICS_PORT"] = "0"
+        for dependency in DEPENDENCIES[service]:
+            env[f"{prefix}{dependency.upper()}_TARGET"] = f"127.0.0.1:{self.ports[dependency]}"
+        if service == "profiles":
+            env[f"{prefix}DATABASE_URL"] = f"sqlite:///{self.tmp / 'longtail.db'}"
+        if service == "embeddings":
+            env[f"{prefix}TRITON_URL"] = self.triton_url
+        if service == "ranking":
+            env[f"{prefix}ARTIFACT_DIR"] = str(self.tmp / "artifacts")
+        return env
+
+    def start(self, service: str) -> int:
+        app = _build_app(service, self.tmp / service)
+        allowed = closure(requirement_lines(IMAGES / f"requirements-{service}.txt"))
+        log = (self.tmp / f"{service}.log").open("wb")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(ENTRY),
+                str(app),
+                ",".join(sorted(allowed)),
+                f"services.{service}",
+            ],
+            env=self.environment(service),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+        )
+        self.processes[service] = process
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()  # LISTENING host:port, or EOF on a crash
+        if not line.startswith("LISTENING "):
+            process.wait(timeout=10)
+            raise AssertionError(f"{service} did not start:\n{self.log(service)}")
+        self.ports[service] = int(line.rsplit(":", 1)[1])
+        return self.ports[service]
+
+    def log(self, service: str) -> str:
+        return (self.tmp / f"{service}.log").read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+async def fake_triton() -> AsyncIterator[FakeTriton]:
+    triton = FakeTriton()
+    await triton.server.start()
+    try:
+        yield triton
+    finally:
+        await triton.server.stop(0)
+
+
+@contextlib.contextmanager
+def started(tmp: Path, triton_url: str) -> Iterator[Started]:
+    suite = Started(tmp, triton_url)
+    try:
+        yield suite
+    finally:
+        suite.stop()
+
+
+@pytest.mark.slow
+async def test_each_image_entry_point_serves_with_the_image_environment(
+    tmp_path: Path, fake_triton: FakeTriton
+) -> None:
+    with started(tmp_path, f"127.0.0.1:{fake_triton.port}") as suite:
+        for service in SERVICES:
+            port = await asyncio.to_thread(suite.start, service)
+            deadline = time.monotonic() + 60
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                while await check_health(channel) != health_pb2.HealthCheckResponse.SERVING:
+                    assert time.monotonic() < deadline, (
+                        f"{service} not SERVING:\n{suite.log(service)}"
+                    )
+                    assert suite.processes[service].poll() is None, suite.log(service)
+                    await asyncio.sleep(0.2)
+
+
+def test_the_guard_refuses_what_the_image_does_not_install(tmp_path: Path) -> None:
+    """The entry-point check can fail: gateway's image has no faiss, so importing it must fail."""
+    app = _build_app("gateway", tmp_path)
+    (app / "probe.py").write_text("import faiss\n")
+    allowed = closure(requirement_lines(IMAGES / "requirements-gateway.txt"))
+    result = subprocess.run(
+        [sys.executable, str(ENTRY), str(app), ",".join(sorted(allowed)), "probe"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "not in this image's requirements" in result.stderr
+    # ...and services.ranking is not in the gateway image at all.
+    (app / "probe.py").write_text("import services.ranking\n")
+    result = subprocess.run(
+        [sys.executable, str(ENTRY), str(app), ",".join(sorted(allowed)), "probe"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "services.ranking" in result.stderr
+
+
+def test_healthcheck_script_speaks_tls(tmp_path: Path) -> None:
+    """The prod overlay's exec probes: healthcheck.py over TLS against a TLS-serving runtime."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    key, cert = tmp_path / "tls.key", tmp_path / "tls.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=gateway",
+         "-addext", "subjectAltName=DNS:gateway"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server_code = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from services.common.server import ServiceDefinition, start_service\n"
+        "from services.common.settings import ServerSettings\n"
+        "async def main():\n"
+        "    s = await start_service(ServiceDefinition('t', []), ServerSettings(port=0,"
+        f" tls_cert_file=Path({str(cert)!r}), tls_key_file=Path({str(key)!r})))\n"
+        "    print(s.port, flush=True)\n"
+        "    await asyncio.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    server = subprocess.Popen([sys.executable, "-c", server_code], stdout=subprocess.PIPE, cwd=ROOT)
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().decode().strip()
+        env = {**os.environ, "LONGTAIL_HEALTHCHECK_TLS_CA": str(cert)}
+        check = [sys.executable, str(IMAGES / "healthcheck.py"), port]
+        tls = subprocess.run(
+            check, env={**env, "LONGTAIL_HEALTHCHECK_TLS_NAME": "gateway"},
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert tls.returncode == 0 and "SERVING" in tls.stdout, tls.stderr
+        plain = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        assert plain.returncode == 1  # plaintext against a TLS port fails, as the kubelet would
+    finally:
+        server.kill()
+        server.wait()

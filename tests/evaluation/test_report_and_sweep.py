@@ -1,0 +1,73 @@
+"""The sweep's policy specs and the report files, without a suite."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longtail_client.evaluation.metrics import METRICS
+from longtail_client.evaluation.report import ResultRow, markdown, write_outputs
+from longtail_client.evaluation.serving import PolicySetting, default_sweep
+
+
+def test_policy_settings_build_the_specs_the_gateway_reads() -> None:
+    quota = PolicySetting("tail_quota", "tail_quota", {"min_tail_share": 0.3})
+    spec = quota.spec(seed=5)
+    assert spec.WhichOneof("policy") == "tail_quota"
+    assert spec.tail_quota.min_tail_share == pytest.approx(0.3)
+    assert spec.seed == 5 and not quota.stateful
+    default = PolicySetting("default+explore", None, {}, explore_slots=1)
+    spec = default.spec(seed=5)
+    assert spec.WhichOneof("policy") is None  # the service's default policy serves
+    assert spec.explore.slots == 1 and default.stateful
+    assert PolicySetting("fair_exposure", "fair_exposure").stateful
+
+
+def test_sweeps_put_order_dependent_settings_last() -> None:
+    for full in (False, True):
+        sweep = default_sweep(full)
+        flags = [s.stateful for s in sweep]
+        assert flags == sorted(flags), "stateless settings must come first"
+        families = {s.family for s in sweep}
+        assert families == {
+            "relevance",
+            "tail_quota",
+            "tail_xquad",
+            "calibrated",
+            "mmr",
+            "fair_exposure",
+            "default+explore",
+        }
+        assert len({s.slug for s in sweep}) == len(sweep)  # request ids stay distinct
+    assert len(default_sweep(True)) > len(default_sweep(False))
+    shares = [s.params["min_tail_share"] for s in default_sweep(True) if s.family == "tail_quota"]
+    assert shares == [0.1, 0.2, 0.3, 0.4, 0.5]
+
+
+def _row(method: str, family: str, kind: str, setting: str, base: float) -> ResultRow:
+    metrics = {f"{m}@{k}": base + 0.01 * k for m in METRICS for k in (10, 20)}
+    return ResultRow(method, family, kind, setting, metrics, np.array([3, 1, 0, 0]))
+
+
+def test_outputs_hold_every_row_and_metric(tmp_path: Path) -> None:
+    rows = [
+        _row("als", "als", "baseline", "factors=32", 0.1),
+        _row("xquad(als)", "xquad(als)", "baseline", "lambda=0.1", 0.2),
+        _row("xquad(als)", "xquad(als)", "baseline", "lambda=0.9", 0.3),
+        _row("gateway:tail_quota", "tail_quota", "suite", "min_tail_share=0.1", 0.4),
+        _row("gateway:tail_quota", "tail_quota", "suite", "min_tail_share=0.5", 0.5),
+    ]
+    paths = write_outputs(rows, (10, 20), tmp_path, "# title", {"Notes": "- none"})
+    text = paths["markdown"].read_text()
+    assert text.count("| gateway:tail_quota |") == 4  # two settings, two K tables
+    assert "NDCG@10" in text and "ILD@20" in text and "### Notes" in text
+    with paths["csv"].open() as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["method"] for r in table] == [r.method for r in rows]
+    assert {f"{m}@{k}" for m in METRICS for k in (10, 20)} <= set(table[0])
+    for name in ("tradeoff", "lorenz"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert markdown(rows, (10,)) == markdown(rows, (10,))

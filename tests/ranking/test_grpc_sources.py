@@ -1,0 +1,255 @@
+"""The real profiles/embeddings adapters and ``build``, against minimal in-test gRPC servers.
+
+The servers below are fakes of the two contracts (the real services are separate deployables);
+they page, filter and fail the way the contracts say, so that the adapters' paging, filters,
+deadlines and error mapping run for real over gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from longtail.common.v1 import common_pb2
+from longtail.embeddings.v1 import embeddings_service_pb2 as epb
+from longtail.embeddings.v1 import embeddings_service_pb2_grpc
+from longtail.profiles.v1 import profiles_service_pb2 as ppb
+from longtail.profiles.v1 import profiles_service_pb2_grpc
+from longtail.ranking.v1 import ranking_service_pb2 as rpb
+from longtail.ranking.v1 import ranking_service_pb2_grpc
+from services.common.server import RunningService, ServiceDefinition, start_service
+from services.common.settings import ServerSettings
+from services.ranking.app import RankingSettings, build
+from tests.ranking.synthetic import CATEGORIES, MODEL, FakeCatalog, World, make_world
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class FakeProfiles(profiles_service_pb2_grpc.ProfilesServiceServicer):
+    """ListItems / ListItemStats / ListInteractions over a ``FakeCatalog`` (offset page tokens)."""
+
+    def __init__(self, catalog: FakeCatalog, interactions: list[tuple[str, str, float]]) -> None:
+        self.catalog = catalog
+        self.interactions = interactions
+        self.list_items_calls = 0
+
+    async def ListItems(
+        self, request: ppb.ListItemsRequest, context: Context
+    ) -> ppb.ListItemsResponse:
+        self.list_items_calls += 1
+        wanted = (request.vector_model_name, request.vector_model_version)
+        rows = [
+            (item_id, cats, vector, model)
+            for item_id, (cats, vector, model) in self.catalog.items.items()
+            if not request.vector_model_name
+            or (model is not None and (model.name, model.version) == wanted)
+        ]
+        start = int(request.page_token or 0)
+        size = request.page_size or 100
+        page = rows[start : start + size]
+        items = []
+        for item_id, cats, vector, model in page:
+            item = common_pb2.Item(item_id=item_id, title=item_id, categories=list(cats))
+            if request.include_vectors and vector is not None and model is not None:
+                item.vector.CopyFrom(
+                    common_pb2.ItemVector(
+                        values=vector.tolist(), model_name=model.name, model_version=model.version
+                    )
+                )
+            items.append(item)
+        following = start + size
+        return ppb.ListItemsResponse(
+            items=items,
+            next_page_token=str(following) if following < len(rows) else "",
+            total_size=len(rows),
+        )
+
+    async def ListItemStats(
+        self, request: ppb.ListItemStatsRequest, context: Context
+    ) -> ppb.ListItemStatsResponse:
+        stats = await self.catalog.item_stats(None)
+        start = int(request.page_token or 0)
+        size = request.page_size or 1000
+        following = start + size
+        return ppb.ListItemStatsResponse(
+            stats=[
+                common_pb2.ItemStats(
+                    item_id=s.item_id,
+                    interaction_count=s.interaction_count,
+                    is_tail=s.is_tail,
+                    is_cold=s.is_cold,
+                )
+                for s in stats[start:following]
+            ],
+            next_page_token=str(following) if following < len(stats) else "",
+        )
+
+    async def ListInteractions(
+        self, request: ppb.ListInteractionsRequest, context: Context
+    ) -> ppb.ListInteractionsResponse:
+        start = int(request.page_token or 0)
+        size = request.page_size or 1000
+        following = start + size
+        return ppb.ListInteractionsResponse(
+            interactions=[
+                common_pb2.Interaction(
+                    user_id=u, item_id=i, kind=common_pb2.INTERACTION_KIND_RATING, value=4.0
+                )
+                for u, i, _ in self.interactions[start:following]
+            ],
+            next_page_token=str(following) if following < len(self.interactions) else "",
+        )
+
+
+class FakeEmbeddings(embeddings_service_pb2_grpc.EmbeddingsServiceServicer):
+    """A text embeds to the mean centroid of the categories it names; ``delay`` slows it."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.delay = 0.0
+
+    async def GetModelInfo(
+        self, request: epb.GetModelInfoRequest, context: Context
+    ) -> epb.GetModelInfoResponse:
+        return epb.GetModelInfoResponse(
+            model_name=MODEL.name,
+            model_version=MODEL.version,
+            dimension=self.world.dimension,
+            ready=True,
+        )
+
+    async def EmbedTexts(
+        self, request: epb.EmbedTextsRequest, context: Context
+    ) -> epb.EmbedTextsResponse:
+        await asyncio.sleep(self.delay)
+        embeddings = []
+        for text in request.texts:
+            named = [c for c in CATEGORIES if c in text]
+            values = (
+                np.sum([self.world.category_vector(c) for c in named], axis=0).tolist()
+                if named
+                else []
+            )
+            embeddings.append(epb.Embedding(values=values))
+        return epb.EmbedTextsResponse(
+            embeddings=embeddings,
+            model_name=MODEL.name,
+            model_version=MODEL.version,
+            dimension=self.world.dimension,
+        )
+
+
+@dataclasses.dataclass
+class Stack:
+    world: World
+    profiles: FakeProfiles
+    embeddings: FakeEmbeddings
+    servers: list[RunningService]
+    embeddings_server: RunningService
+    channel: grpc.aio.Channel
+    stub: ranking_service_pb2_grpc.RankingServiceAsyncStub
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    world = make_world(n_items=300, n_users=40)
+    # The other RPCs stay UNIMPLEMENTED (the generated base class answers them).
+    profiles = FakeProfiles(FakeCatalog(world), world.interactions())  # type: ignore[abstract]
+    embeddings = FakeEmbeddings(world)
+    profiles_server = await start_service(
+        ServiceDefinition(
+            "profiles",
+            [
+                (
+                    profiles_service_pb2_grpc.add_ProfilesServiceServicer_to_server,
+                    profiles,
+                    "longtail.profiles.v1.ProfilesService",
+                )
+            ],
+        ),
+        ServerSettings(port=0),
+    )
+    embeddings_server = await start_service(
+        ServiceDefinition(
+            "embeddings",
+            [
+                (
+                    embeddings_service_pb2_grpc.add_EmbeddingsServiceServicer_to_server,
+                    embeddings,
+                    "longtail.embeddings.v1.EmbeddingsService",
+                )
+            ],
+        ),
+        ServerSettings(port=0),
+    )
+    definition = await build(
+        RankingSettings(
+            profiles_target=f"127.0.0.1:{profiles_server.port}",
+            embeddings_target=f"127.0.0.1:{embeddings_server.port}",
+            artifact_dir=tmp_path,
+            refresh_seconds=0,
+        )
+    )
+    ranking = await start_service(definition, ServerSettings(port=0))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{ranking.port}")
+    stub = ranking_service_pb2_grpc.RankingServiceStub(channel)
+    async with asyncio.timeout(10):
+        while True:
+            status = await stub.GetRankingStatus(rpb.GetRankingStatusRequest(), timeout=2)
+            if status.index_version:
+                break
+            await asyncio.sleep(0.05)
+    yield Stack(
+        world,
+        profiles,
+        embeddings,
+        [ranking, profiles_server, embeddings_server],
+        embeddings_server,
+        channel,
+        stub,
+    )
+    await channel.close()
+    for server in [ranking, profiles_server, embeddings_server]:
+        await server.stop(0)
+
+
+async def test_catalogue_is_paged_in_with_the_encoders_model(stack: Stack) -> None:
+    status = await stack.stub.GetRankingStatus(rpb.GetRankingStatusRequest(), timeout=5)
+    assert status.indexed_item_count == 300
+    assert (status.embedding_model_name, status.embedding_model_version) == (
+        MODEL.name,
+        MODEL.version,
+    )
+    assert stack.profiles.list_items_calls >= 1 + 300 // 1000
+
+
+async def test_interests_are_embedded_and_training_pages_interactions(stack: Stack) -> None:
+    reply = await stack.stub.RankCandidates(
+        rpb.RankCandidatesRequest(user_id="new", interests="poetry", candidate_count=10), timeout=5
+    )
+    assert reply.user_vector_source == rpb.USER_VECTOR_SOURCE_INTERESTS
+    assert all(list(c.categories) == ["poetry"] for c in reply.candidates)
+    trained = await stack.stub.TrainModel(
+        rpb.TrainModelRequest(factors=8, iterations=3), timeout=30
+    )
+    assert trained.interaction_count == len(stack.world.interactions())
+    assert trained.item_count == len({i for _, i, _ in stack.world.interactions()})
+
+
+async def test_slow_or_dead_embeddings_fall_back_within_the_callers_deadline(stack: Stack) -> None:
+    request = rpb.RankCandidatesRequest(user_id="new", interests="chess", candidate_count=10)
+    stack.embeddings.delay = 3.0
+    reply = await stack.stub.RankCandidates(request, timeout=1.0)
+    assert reply.user_vector_source == rpb.USER_VECTOR_SOURCE_NONE
+    assert len(reply.candidates) == 10
+    await stack.embeddings_server.stop(0)
+    reply = await stack.stub.RankCandidates(request, timeout=2.0)
+    assert reply.user_vector_source == rpb.USER_VECTOR_SOURCE_NONE
+    assert len(reply.candidates) == 10
