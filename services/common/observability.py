@@ -94,6 +94,7 @@ LATENCY_BUCKETS = (
 # per pod would drown the real traces).
 UNTRACED_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 REQUEST_ID_HEADER = "x-request-id"
+TRACER_NAME = "longtail.services"
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 
@@ -299,6 +300,12 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             if code != grpc.StatusCode.OK:
                 span.set_status(Status(StatusCode.ERROR, code.name))
             return call
+
+
+def tracing_client_interceptor() -> TracingClientInterceptor:
+    """For ``open_channel``: spans from the process's tracer provider (set by ``configure_tracing``;
+    until then OpenTelemetry's proxy records nothing but still forwards the caller's context)."""
+    return TracingClientInterceptor(trace.get_tracer(TRACER_NAME))
 
 
 # ----------------------------------------------------------------------------- trace ids in logs
@@ -629,7 +636,7 @@ class Observability:
                 self.registry.register(collector)
         self.rpc = RpcMetrics(self.registry)
         self.tracer_provider = tracer_provider
-        self.tracer = trace.get_tracer("longtail.services", tracer_provider=tracer_provider)
+        self.tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
         self._metrics_server: MetricsServer | None = None
 
     @classmethod

@@ -10,9 +10,12 @@ import asyncio
 import itertools
 import json
 import logging
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -362,3 +365,28 @@ def test_gini_with_padding_equals_gini_of_padded_values(counts: list[float]) -> 
     assert gini(counts, population=9) == pytest.approx(
         offline_gini(counts + [0.0] * (9 - len(counts)))
     )
+
+
+def test_the_process_entry_points_instance_serves_process_and_rpc_series() -> None:
+    """What run_service is to do, in a fresh process (one tracer provider per process)."""
+    code = (
+        "import urllib.request\n"
+        "from opentelemetry import trace\n"
+        "from services.common.observability import Observability, ObservabilitySettings\n"
+        "obs = Observability.from_settings('gateway', ObservabilitySettings(metrics_port=0))\n"
+        "assert trace.get_tracer_provider() is obs.tracer_provider\n"
+        "server = obs.start_metrics_server(0, '127.0.0.1')\n"
+        "url = f'http://127.0.0.1:{server.port}/metrics'\n"
+        "print(urllib.request.urlopen(url, timeout=5).read().decode())\n"
+        "obs.shutdown()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+    assert "process_cpu_seconds_total" in result.stdout
+    assert "# TYPE longtail_rpc_server_duration_seconds histogram" in result.stdout
