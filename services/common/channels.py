@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from services.common.logging import REQUEST_ID_HEADER, request_id_var
+from services.common.observability import tracing_client_interceptor
 from services.common.settings import ClientSettings
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -48,7 +49,7 @@ def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
-    interceptors = [_RequestIdInterceptor(settings.auth_token)]
+    interceptors = [tracing_client_interceptor(), _RequestIdInterceptor(settings.auth_token)]
     if settings.tls_ca_file is not None:
         credentials = grpc.ssl_channel_credentials(settings.tls_ca_file.read_bytes())
         return grpc.aio.secure_channel(

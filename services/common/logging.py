@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 
+from services.common.observability import TraceContextLogFilter
+
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -40,6 +42,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(TraceContextLogFilter())  # trace_id / span_id of the current span
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -19,9 +19,11 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from services.common.errors import ServiceError, from_upstream, to_status
 from services.common.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
+from services.common.observability import Observability, ObservabilitySettings
 from services.common.settings import ServerSettings, SettingsError, load_settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ class ServiceDefinition:
     readiness_interval: float = 1.0
     # Closes what the service opened (engines, channels), after the server has drained.
     on_shutdown: Callable[[], Awaitable[None]] | None = None
+    # Extra Prometheus registries served on /metrics next to the runtime's (e.g. the gateway's
+    # RecommenderMetrics().registry).
+    registries: Sequence[CollectorRegistry] = ()
 
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -129,6 +134,7 @@ class RunningService:
         self.port = port
         self.grace_seconds = grace_seconds
         self._readiness_task: asyncio.Task[None] | None = None
+        self.observability: Observability | None = None
         self._stopped = False
 
     @property
@@ -177,10 +183,19 @@ class RunningService:
         await self.server.wait_for_termination()
 
 
-async def start_service(definition: ServiceDefinition, settings: ServerSettings) -> RunningService:
+async def start_service(
+    definition: ServiceDefinition,
+    settings: ServerSettings,
+    observability: Observability | None = None,
+) -> RunningService:
     """Serve ``definition`` on ``settings.host:settings.port`` (0 = a free port)."""
+    # Per server by default (tests start several per process); run_service passes the process's.
+    observability = observability or Observability(definition.name)
     server = grpc.aio.server(
-        interceptors=[_ErrorAndContextInterceptor(settings.auth_token)],
+        interceptors=[
+            *observability.server_interceptors(),  # outermost: sees the final status code
+            _ErrorAndContextInterceptor(settings.auth_token),
+        ],
         options=[
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
@@ -210,6 +225,7 @@ async def start_service(definition: ServiceDefinition, settings: ServerSettings)
         port = server.add_insecure_port(address)
     await server.start()
     running = RunningService(definition, server, health_servicer, port, settings.grace_seconds)
+    running.observability = observability
     # Without a probe the service is ready once it listens; with one, the probe decides.
     await running.set_serving(definition.readiness is None)
     running.start_readiness()
@@ -229,14 +245,21 @@ def run_service(
     try:
         server_settings = load_settings(ServerSettings, prefix)
         service_settings = load_settings(settings_class, prefix)
+        observability_settings = load_settings(ObservabilitySettings, prefix)
     except SettingsError as error:
         print(str(error), file=sys.stderr)
         raise SystemExit(2) from error
     configure_logging(prefix.strip("_").lower(), server_settings.log_level)
 
     async def main() -> None:
+        name = prefix.strip("_").lower().removeprefix("longtail_")
+        observability = Observability.from_settings(name, observability_settings)
         definition = await build(service_settings)
-        running = await start_service(definition, server_settings)
+        running = await start_service(definition, server_settings, observability)
+        if observability_settings.metrics_port is not None:
+            observability.start_metrics_server(
+                observability_settings.metrics_port, server_settings.host, definition.registries
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -249,5 +272,6 @@ def run_service(
         await stop.wait()
         log.info("draining", extra={"fields": {"grace_seconds": server_settings.grace_seconds}})
         await running.stop()
+        observability.shutdown()
 
     asyncio.run(main())

@@ -8,6 +8,7 @@ import logging
 
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from services.common.channels import open_channel
+from services.common.observability import RecommenderMetrics
 from services.common.server import ServiceDefinition
 from services.common.settings import ClientSettings
 from services.gateway.config import GatewaySettings
@@ -33,6 +34,7 @@ async def build(settings: GatewaySettings) -> ServiceDefinition:
         open_channel(client(settings.ranking_target)),
         open_channel(client(settings.exposure_target)),
     ]
+    metrics = RecommenderMetrics()
     pipeline = RecommendPipeline(
         GrpcProfiles(channels[0]),
         GrpcRanking(channels[1]),
@@ -44,6 +46,7 @@ async def build(settings: GatewaySettings) -> ServiceDefinition:
             fallback_size=settings.fallback_size,
             title_cache_size=settings.title_cache_size,
         ),
+        metrics,
     )
 
     async def refresh_fallback() -> None:
@@ -70,4 +73,5 @@ async def build(settings: GatewaySettings) -> ServiceDefinition:
             (gateway_service_pb2_grpc.add_GatewayServiceServicer_to_server, servicer, SERVICE_NAME)
         ],
         on_shutdown=close,
+        registries=[metrics.registry],
     )

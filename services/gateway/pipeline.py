@@ -25,6 +25,7 @@ from longtail.exposure.v1 import exposure_service_pb2
 from longtail.gateway.v1 import gateway_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError
+from services.common.observability import RecommenderMetrics
 from services.gateway.ports import ExposurePort, ProfilesPort, RankingPort
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,17 @@ def _validate(request: gateway_service_pb2.RecommendRequest) -> None:
         raise InvalidArgument("REQUEST_ID_TOO_LONG", f"request_id is longer than {MAX_ID_CHARS}")
 
 
+@dataclass(frozen=True)
+class Choice:
+    items: list[common_pb2.RankedItem]
+    policy_name: str
+    policy_version: str = ""
+    index_version: str = ""
+    collaborative_version: str = ""
+    # Why the fallback served (the failing dependency's reason); empty when it did not.
+    fallback_cause: str = ""
+
+
 class RecommendPipeline:
     def __init__(
         self,
@@ -176,7 +188,9 @@ class RecommendPipeline:
         ranking: RankingPort,
         exposure: ExposurePort,
         config: PipelineConfig,
+        metrics: RecommenderMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._profiles = profiles
         self._ranking = ranking
         self._exposure = exposure
@@ -210,10 +224,10 @@ class RecommendPipeline:
                 )
             )
 
-        ranked, policy_name, policy_version, index_version, collab_version = await self._choose(
+        choice = await self._choose(
             request, request_id, profile, history, interests, exclude, deadline
         )
-        fallback = policy_name == FALLBACK_POLICY
+        ranked = choice.items
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
         impressions = [
@@ -222,8 +236,8 @@ class RecommendPipeline:
                 position=item.position,
                 user_id=request.user_id,
                 item_id=item.item_id,
-                policy_name=policy_name,
-                policy_version=policy_version,
+                policy_name=choice.policy_name,
+                policy_version=choice.policy_version,
                 reason=item.reason,
                 score=item.score,
                 served_at=now,
@@ -236,7 +250,14 @@ class RecommendPipeline:
         )
         try:
             if impressions:
-                await self._profiles.record_impressions(impressions, write_timeout)
+                try:
+                    await self._profiles.record_impressions(impressions, write_timeout)
+                except ServiceError:
+                    if self._metrics is not None:
+                        self._metrics.observe_impression_failure()
+                    raise
+                if self._metrics is not None:
+                    self._metrics.observe_impressions(len(impressions))
             info = await info_task
             if remember is not None:
                 await remember
@@ -245,7 +266,7 @@ class RecommendPipeline:
             if remember is not None:
                 remember.cancel()
             raise
-        return gateway_service_pb2.RecommendResponse(
+        response = gateway_service_pb2.RecommendResponse(
             request_id=request_id,
             items=[
                 gateway_service_pb2.RecommendedItem(
@@ -260,12 +281,15 @@ class RecommendPipeline:
                 )
                 for item in ranked
             ],
-            policy_name=policy_name,
-            policy_version=policy_version,
-            fallback=fallback,
-            index_version=index_version,
-            collaborative_version=collab_version,
+            policy_name=choice.policy_name,
+            policy_version=choice.policy_version,
+            fallback=choice.policy_name == FALLBACK_POLICY,
+            index_version=choice.index_version,
+            collaborative_version=choice.collaborative_version,
         )
+        if self._metrics is not None:
+            self._metrics.observe_response(response, fallback_cause=choice.fallback_cause)
+        return response
 
     async def _choose(
         self,
@@ -276,7 +300,7 @@ class RecommendPipeline:
         interests: str,
         exclude: set[str],
         deadline: Deadline,
-    ) -> tuple[list[common_pb2.RankedItem], str, str, str, str]:
+    ) -> Choice:
         """Ranking then exposure; on any failure but a bad policy, the fallback list."""
         share = self._config.pipeline_time_share
         wants_vectors = request.HasField("policy") and request.policy.WhichOneof("policy") == "mmr"
@@ -314,11 +338,13 @@ class RecommendPipeline:
                 "serving fallback",
                 extra={"fields": {"reason": error.reason, "detail": error.message}},
             )
-            return await self._fallback(request.k, exclude, request_id), FALLBACK_POLICY, "", "", ""
+            items = await self._fallback(request.k, exclude, request_id)
+            return Choice(items, FALLBACK_POLICY, fallback_cause=error.reason)
         if not reranked.items and not candidates.candidates:
             # An empty pool (e.g. nothing indexed yet) is served from the fallback too.
-            return await self._fallback(request.k, exclude, request_id), FALLBACK_POLICY, "", "", ""
-        return (
+            items = await self._fallback(request.k, exclude, request_id)
+            return Choice(items, FALLBACK_POLICY, fallback_cause="EMPTY_CANDIDATE_POOL")
+        return Choice(
             list(reranked.items),
             reranked.policy_name,
             reranked.policy_version,

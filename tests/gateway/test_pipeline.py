@@ -13,7 +13,7 @@ from services.common.errors import DeadlineExceeded, Unavailable, error_info
 from services.common.server import RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings
 from services.gateway.app import SERVICE_NAME
-from services.gateway.pipeline import PipelineConfig, RecommendPipeline
+from services.gateway.pipeline import Deadline, PipelineConfig, RecommendPipeline
 from services.gateway.servicer import GatewayServicer
 from tests.gateway.fakes import FakeExposure, FakeProfiles, FakeRanking
 
@@ -194,3 +194,23 @@ async def test_explain_lists_what_was_served_and_why(served) -> None:
             gateway_service_pb2.ExplainRecommendationRequest(request_id="nope"), timeout=5
         )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_metrics_count_served_tail_items_fallbacks_and_impressions() -> None:
+    from services.common.observability import RecommenderMetrics
+
+    profiles = FakeProfiles()
+    ranking = FakeRanking(profiles)
+    metrics = RecommenderMetrics()
+    pipeline = RecommendPipeline(
+        profiles, ranking, FakeExposure(), PipelineConfig(fallback_size=20), metrics
+    )
+    answer = await pipeline.recommend(Request(user_id="u1", k=10), Deadline(None, 2.0))
+    sample = metrics.registry.get_sample_value
+    assert sample("longtail_impressions_written_total") == 10
+    served_tail = sample("longtail_tail_items_served_total", {"policy": "relevance"})
+    assert served_tail == sum(i.is_tail for i in answer.items) > 0
+    ranking.error = Unavailable("DEPENDENCY_UNAVAILABLE", "down")
+    await pipeline.recommend(Request(user_id="u1", k=4), Deadline(None, 2.0))
+    assert sample("longtail_fallback_responses_total", {"cause": "DEPENDENCY_UNAVAILABLE"}) == 1
+    assert sample("longtail_impressions_written_total") == 14

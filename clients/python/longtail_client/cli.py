@@ -23,6 +23,7 @@ from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from longtail_client.client import DEFAULT_TARGETS, LongtailClient, policy_spec
+from longtail_client.evaluation.command import add_eval_arguments, cmd_eval
 
 console = Console()
 
@@ -309,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="create or upgrade the store schema (Alembic)")
     p.add_argument("--database-url")
+
+    p = sub.add_parser(
+        "eval", help="offline evaluation: baselines and every policy through a fresh suite"
+    )
+    add_eval_arguments(p)
     return parser
 
 
@@ -320,6 +326,7 @@ COMMANDS = {
     "load": cmd_load,
     "index": cmd_index,
     "train": cmd_train,
+    "eval": cmd_eval,
 }
 
 
