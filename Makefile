@@ -33,7 +33,12 @@ $(GEN)/.generated: $(PROTOS) $(VENV)/.installed
 	find $(GEN) -type d -exec touch {}/__init__.py \;
 	touch $(GEN)/py.typed $@
 
-setup: $(GEN)/.generated
+NODE_CLIENT := clients/node
+# The Node client's packages, exactly as its package-lock.json says (npm registry).
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund
+
+setup: $(GEN)/.generated $(NODE_CLIENT)/node_modules/.package-lock.json
 protos: $(GEN)/.generated
 
 format: setup
@@ -44,7 +49,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/buf lint
-	$(BIN)/mypy services clients/python/longtail_client tests
+	@# A contract change that breaks callers fails the build (skipped only where no main exists).
+	@if git rev-parse --verify -q main >/dev/null && git cat-file -e main:protos 2>/dev/null; then \
+	  $(BIN)/buf breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no local main branch with protos/; skipped"; fi
+	$(BIN)/mypy services clients/python/longtail_client tests benchmarks deploy/env_table.py
 
 test: lint
 	LONGTAIL_REQUIRE_POSTGRES=$(REQUIRE_POSTGRES) LONGTAIL_REQUIRE_TRITON=$(REQUIRE_TRITON) \
@@ -60,4 +69,5 @@ run: setup
 	$(BIN)/longtail demo
 
 clean:
-	rm -rf $(GEN) .longtail .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(GEN) .longtail .mypy_cache .ruff_cache .pytest_cache \
+	  $(NODE_CLIENT)/node_modules $(NODE_CLIENT)/dist $(NODE_CLIENT)/src/generated
