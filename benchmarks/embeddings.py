@@ -96,30 +96,45 @@ class InProcessTorch:
             return torch.nn.functional.normalize(mean, p=2.0, dim=1).cpu().numpy()
 
 
-def time_sync(encode: Callable[[list[str]], Any], texts: Sequence[str], batch: int) -> float:
+def time_sync(
+    encode: Callable[[list[str]], Any], texts: Sequence[str], batch: int, repeats: int
+) -> float:
+    """Best sentences/s of ``repeats`` passes (the machine is shared: the best pass is the one
+    least disturbed by others)."""
     encode(list(texts[:batch]))  # warm-up
-    start = time.perf_counter()
-    for chunk in batches(texts, batch):
-        encode(chunk)
-    return len(texts) / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for chunk in batches(texts, batch):
+            encode(chunk)
+        best = max(best, len(texts) / (time.perf_counter() - start))
+    return best
 
 
 async def time_async(
-    call: Callable[[list[str]], Awaitable[Any]], texts: Sequence[str], batch: int, callers: int
+    call: Callable[[list[str]], Awaitable[Any]],
+    texts: Sequence[str],
+    batch: int,
+    callers: int,
+    repeats: int,
 ) -> float:
-    """Sentences/s with ``callers`` concurrent callers sharing the batches of ``texts``."""
+    """Best sentences/s of ``repeats`` passes, ``callers`` concurrent callers sharing the
+    batches of ``texts``."""
     await call(list(texts[:batch]))  # warm-up (connections, first-batch costs)
-    queue: asyncio.Queue[list[str]] = asyncio.Queue()
-    for chunk in batches(texts, batch):
-        queue.put_nowait(chunk)
+    best = 0.0
+    for _ in range(repeats):
+        queue: asyncio.Queue[list[str]] = asyncio.Queue()
+        for chunk in batches(texts, batch):
+            queue.put_nowait(chunk)
 
-    async def caller() -> None:
-        while not queue.empty():
-            await call(queue.get_nowait())
+        async def caller(queue: asyncio.Queue[list[str]] = queue) -> None:
+            while not queue.empty():
+                await call(queue.get_nowait())
 
-    start = time.perf_counter()
-    await asyncio.gather(*(caller() for _ in range(callers)))
-    return len(texts) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        best = max(best, len(texts) / (time.perf_counter() - start))
+    return best
 
 
 async def latencies(
@@ -246,7 +261,7 @@ async def run(options: argparse.Namespace) -> str:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"in-process transformers (PyTorch, {device}), {len(texts)} texts", flush=True)
     torch_encoder = InProcessTorch(device)
-    baseline = time_sync(torch_encoder.encode, texts, batch)
+    baseline = time_sync(torch_encoder.encode, texts, batch, options.repeats)
     rows.append((f"in-process transformers (PyTorch, {device})", 1, baseline))
     del torch_encoder
     if device == "cpu":
@@ -256,7 +271,7 @@ async def run(options: argparse.Namespace) -> str:
             runtime="onnx",
             cache_dir=REPO_ROOT / ".longtail" / "models",
         )
-        rate = time_sync(onnx_encoder.encode, texts, batch)
+        rate = time_sync(onnx_encoder.encode, texts, batch, options.repeats)
         rows.append(("in-process ONNX Runtime (model.py encoder)", 1, rate))
         del onnx_encoder
 
@@ -291,7 +306,7 @@ async def run(options: argparse.Namespace) -> str:
                         (
                             "Triton straight (tritonclient aio)",
                             callers,
-                            await time_async(straight, texts, batch, callers),
+                            await time_async(straight, texts, batch, callers, options.repeats),
                         )
                     )
                     print(f"embeddings service, {callers} caller(s)", flush=True)
@@ -299,7 +314,9 @@ async def run(options: argparse.Namespace) -> str:
                         (
                             "embeddings service (gRPC) -> Triton",
                             callers,
-                            await time_async(through_service, texts, batch, callers),
+                            await time_async(
+                                through_service, texts, batch, callers, options.repeats
+                            ),
                         )
                     )
 
@@ -337,7 +354,8 @@ def report(
 ) -> str:
     lines = [
         f"Embeddings benchmark ({options.variant}; {os.cpu_count()} CPUs; {options.texts} "
-        f"distinct texts per run; batch {options.batch_size}; caches off)",
+        f"distinct MovieLens item texts per pass, best of {options.repeats} passes; batch "
+        f"{options.batch_size}; caches off)",
         "",
         "| path | callers | sentences/s | vs in-process PyTorch |",
         "| --- | ---: | ---: | ---: |",
@@ -371,7 +389,8 @@ def report(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.embeddings", description=__doc__)
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
-    parser.add_argument("--texts", type=int, default=1024, help="texts per throughput run")
+    parser.add_argument("--texts", type=int, default=1024, help="texts per throughput pass")
+    parser.add_argument("--repeats", type=int, default=3, help="passes; the best is reported")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--latency-calls", type=int, default=200)
     parser.add_argument("--variant", choices=["cpu", "gpu"], default="cpu")

@@ -73,9 +73,14 @@ class TritonEncoderClient:
         """Await a tritonclient call; its own client_timeout should fire first, the guard is
         there so that nothing here can outlive the budget."""
         if timeout <= 0:
+            call.close()  # never started
             raise DeadlineExceeded("DEADLINE_EXHAUSTED", "no time left to call triton")
         try:
-            return await asyncio.wait_for(call, timeout + _GUARD_SLACK)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # races with the call finishing, and a swallowed cancel leaves the readiness loop
+            # (and so the server's stop) waiting forever.
+            async with asyncio.timeout(timeout + _GUARD_SLACK):
+                return await call
         except InferenceServerException as error:
             raise map_triton_error(error, self.model_name) from error
         except TimeoutError as error:

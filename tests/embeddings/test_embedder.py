@@ -11,7 +11,7 @@ import pytest
 
 from longtail.embeddings.v1 import embeddings_service_pb2 as pb
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
-from services.common.errors import InvalidArgument, Unavailable, error_info
+from services.common.errors import DeadlineExceeded, InvalidArgument, Unavailable, error_info
 from services.common.server import ServiceDefinition, start_service
 from services.common.settings import ServerSettings
 from services.embeddings.cache import EmbeddingCache, cache_key
@@ -222,5 +222,7 @@ async def test_triton_client_without_triton_is_unavailable() -> None:
             await client.model_info(timeout=30.0)
         with pytest.raises(Unavailable):
             await client.encode(["a"] * 130, info, timeout=30.0)
+        with pytest.raises(DeadlineExceeded):
+            await client.encode(["a"], info, timeout=0.0)
     finally:
         await client.close()

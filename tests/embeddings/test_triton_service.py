@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -13,7 +16,9 @@ from longtail.embeddings.v1 import embeddings_service_pb2 as pb
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as pb_grpc
 from services.common.errors import error_info
 from services.common.server import RunningService
+from services.embeddings.triton import TritonEncoderClient
 from services.embeddings.tritonserver import TritonServer, free_ports
+from tests.conftest import missing
 from tests.embeddings.conftest import (
     Reference,
     serve_embeddings,
@@ -24,7 +29,7 @@ from tests.embeddings.conftest import (
 
 pytestmark = pytest.mark.triton
 
-Service = tuple[RunningService, pb_grpc.EmbeddingsServiceAsyncStub]
+Service = tuple[RunningService, "pb_grpc.EmbeddingsServiceAsyncStub"]
 
 TEXTS = [
     "Toy Story (1995). Adventure, Animation, Children, Comedy, Fantasy",
@@ -164,3 +169,50 @@ async def test_dead_triton_gives_unavailable_and_not_serving_then_recovers() -> 
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.killpg(pid, 0)
+
+
+async def test_standalone_launcher_prints_address_and_stops_on_sigterm() -> None:
+    """``python -m services.embeddings.tritonserver``: serves, then SIGTERM leaves nothing."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.embeddings.tritonserver",
+        "--startup-timeout",
+        "300",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=320)
+        if not line.startswith(b"TRITON_GRPC "):
+            stderr = await process.stderr.read() if process.stderr else b""
+            missing("triton", f"launcher did not start: {line!r} {stderr[-2000:]!r}")
+        url = line.split()[1].decode()
+        client = TritonEncoderClient(url)
+        try:
+            assert await client.ready(timeout=5)
+        finally:
+            await client.close()
+        children = _children(process.pid)
+        assert children, "tritonserver should run under the launcher"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+        assert all(_gone(pid) for pid in children)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie entry."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True

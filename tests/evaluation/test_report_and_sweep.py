@@ -71,3 +71,39 @@ def test_outputs_hold_every_row_and_metric(tmp_path: Path) -> None:
     for name in ("tradeoff", "lorenz"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert markdown(rows, (10,)) == markdown(rows, (10,))
+
+
+def test_cli_parses_eval_and_service_environment() -> None:
+    from longtail_client.cli import COMMANDS, build_parser
+    from longtail_client.evaluation.command import _service_env
+
+    args = build_parser().parse_args(
+        ["eval", "data", "--full", "--env", "ranking:LONGTAIL_RANKING_KAPPA=5", "--seed", "3"]
+    )
+    assert args.command == "eval" and args.full and args.seed == 3 and args.split == "user"
+    assert "eval" in COMMANDS
+    assert _service_env(args.env) == {"ranking": {"LONGTAIL_RANKING_KAPPA": "5"}}
+    with pytest.raises(SystemExit):
+        _service_env(["ranking-no-colon"])
+
+
+def test_subset_keeps_the_users_their_items_and_some_cold_ones() -> None:
+    import datetime as dt
+
+    from longtail_client.datasets import Dataset, InteractionRecord, ItemRecord, UserRecord
+    from longtail_client.evaluation.runner import subset
+
+    when = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    data = Dataset(
+        items=[ItemRecord(f"i{n}") for n in range(6)],
+        users=[UserRecord(u) for u in ("10", "2", "x")],
+        interactions=[
+            InteractionRecord("10", "i0", "rating", 4.0, when),
+            InteractionRecord("2", "i1", "rating", 4.0, when),
+            InteractionRecord("x", "i2", "rating", 4.0, when),
+        ],
+    )
+    small = subset(data, 2, extra_items=2)  # natural order: "2", "10", then "x"
+    assert [u.user_id for u in small.users] == ["10", "2"]
+    assert [i.item_id for i in small.items] == ["i0", "i1", "i2", "i3"]
+    assert {i.user_id for i in small.interactions} == {"2", "10"}

@@ -62,6 +62,7 @@ async def test_eval_pipeline_through_a_real_suite(tmp_path: Path) -> None:
             als_factors=(16, 32),
             als_regularization=(0.01,),
             settings=SWEEP,
+            concurrency=4,
         )
         try:
             result = await run_evaluation(data, config, name="movielens subset")

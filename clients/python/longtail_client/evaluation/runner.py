@@ -19,6 +19,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,8 +94,10 @@ class EvalConfig:
 # The suite as the evaluation runs it: every history entry counts for the seen-item exclusion,
 # no background refresh swaps the state mid-run, one ALS thread (identical factors every run),
 # and the exposure counters get the time they need (a timeout would count them as zero).
+# The most history entries profiles returns (GetUserProfile's history_limit).
+GATEWAY_HISTORY_LIMIT = 1000
 SUITE_ENV: Mapping[str, Mapping[str, str]] = {
-    "gateway": {"LONGTAIL_GATEWAY_HISTORY_LIMIT": "1000"},
+    "gateway": {"LONGTAIL_GATEWAY_HISTORY_LIMIT": str(GATEWAY_HISTORY_LIMIT)},
     "ranking": {"LONGTAIL_RANKING_REFRESH_SECONDS": "0", "LONGTAIL_RANKING_ALS_THREADS": "1"},
     "exposure": {"LONGTAIL_EXPOSURE_PROFILES_TIMEOUT_SECONDS": "1.0"},
 }
@@ -355,6 +358,8 @@ async def run_evaluation(
             run_tag = f"eval-{config.seed}"
             flag_mismatch = 0
             seen_served = 0
+            seen_served_short = 0  # by users whose whole training history fits the limit
+            train_events = Counter(i.user_id for i in parts.train)
             for setting in settings:
                 with clock.phase("gateway"):
                     served = await serve_setting(
@@ -371,9 +376,11 @@ async def run_evaluation(
                 flag_mismatch += sum(
                     1 for item, flag in served.flagged_tail.items() if flag != facts.is_tail(item)
                 )
-                seen_served += sum(
-                    len(set(items) & seen.get(user, set())) for user, items in served.lists.items()
-                )
+                for user, items in served.lists.items():
+                    repeats = len(set(items) & seen.get(user, set()))
+                    seen_served += repeats
+                    if train_events[user] <= GATEWAY_HISTORY_LIMIT:
+                        seen_served_short += repeats
                 row = _row(
                     f"gateway:{setting.family}",
                     setting.family,
@@ -397,9 +404,18 @@ async def run_evaluation(
                     "evaluation's head/tail split of the training part"
                 )
             if seen_served:
+                long_users = sum(1 for u in users if train_events[u] > GATEWAY_HISTORY_LIMIT)
                 notes.append(
-                    f"{seen_served} served items were already in the user's training history "
-                    "(histories longer than the gateway's history limit)"
+                    f"{seen_served} served items (all settings together) were already in the "
+                    f"user's training history; {seen_served - seen_served_short} of them went to "
+                    f"the {long_users} users with more than {GATEWAY_HISTORY_LIMIT} training "
+                    "interactions, whose oldest ones lie beyond the history the gateway reads"
+                    + (
+                        f"; {seen_served_short} to users within the limit: the gateway failed to "
+                        "exclude them"
+                        if seen_served_short
+                        else ""
+                    )
                 )
     finally:
         with clock.phase("suite stop"):
