@@ -214,7 +214,8 @@ class RecommendPipeline:
         history = list(profile.history) if profile is not None else []
         stored_interests = profile.interests if profile is not None else ""
         interests = request.interests or stored_interests
-        exclude = set() if request.include_seen else {entry.item_id for entry in history}
+        seen = set(profile.seen_item_ids) if profile is not None else set()
+        exclude = set() if request.include_seen else seen | {entry.item_id for entry in history}
 
         remember = None
         if request.interests and request.interests != stored_interests:

@@ -418,6 +418,7 @@ class Profiles:
                 tail_propensity=tail / total if total else 0.0,
                 category_mix=category_mix((categories, n) for _, categories, n in per_item),
                 interaction_count=total,
+                seen_item_ids=sorted(item_id for item_id, _, _ in per_item),
             )
 
         return await self._db.run(read)

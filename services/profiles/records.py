@@ -91,6 +91,8 @@ class UserProfile:
     tail_propensity: float
     category_mix: dict[str, float]
     interaction_count: int
+    # Every distinct item the user touched, beyond the history limit.
+    seen_item_ids: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)

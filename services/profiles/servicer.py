@@ -229,6 +229,7 @@ class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
                 tail_propensity=profile.tail_propensity,
                 category_mix=profile.category_mix,
                 interaction_count=profile.interaction_count,
+                seen_item_ids=profile.seen_item_ids,
             )
         )
 

@@ -34,6 +34,8 @@ class FakeProfiles:
                     common_pb2.HistoryEntry(item_id="i9"),
                 ],
                 tail_propensity=0.5,
+                # i12 is older than the history limit: excluded all the same.
+                seen_item_ids=["i0", "i9", "i12"],
             )
         }
         self.impressions: dict[tuple[str, int], common_pb2.Impression] = {}

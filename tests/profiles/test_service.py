@@ -281,6 +281,13 @@ async def test_user_profile_history_tail_propensity_and_category_mix(served: Ser
         pb.GetUserProfileRequest(user_id="u1", history_limit=2)
     )
     assert [h.item_id for h in limited.profile.history] == ["item-0001", "item-0005"]
+    # Beyond the history limit, every item the user touched is still listed as seen.
+    assert list(limited.profile.seen_item_ids) == [
+        "item-0000",
+        "item-0001",
+        "item-0003",
+        "item-0005",
+    ]
     empty = (await served.stub.GetUserProfile(pb.GetUserProfileRequest(user_id="u3"))).profile
     assert (empty.interaction_count, empty.tail_propensity, dict(empty.category_mix)) == (
         0,
