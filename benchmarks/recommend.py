@@ -1,0 +1,415 @@
+"""Recommend latency and throughput through the gateway, the whole suite on this machine.
+
+    python -m benchmarks.recommend --catalogue movielens   # reads ../shared/datasets/...small
+    python -m benchmarks.recommend --catalogue synthetic --items 100000
+
+Starts Triton and the five services (LocalSuite, SQLite, free ports), loads the catalogue, indexes
+and trains, then measures:
+- closed loop: N concurrent callers, each sending Recommend back to back;
+- open loop: a fixed request rate, latency counted from the scheduled send time (so a slow
+  server cannot hide queueing: no coordinated omission);
+- the time per hop, each service called directly and sequentially (profiles, ranking, exposure,
+  impression write) next to the gateway's own Recommend.
+A share of the requests (``--cold-share``) comes from new users with stated interests, which goes
+through the embeddings service and Triton.
+
+The synthetic catalogue's texts and interactions come from the demo generator; its item vectors
+are synthetic (category centroids plus noise, labelled with the encoder's model and version),
+because embedding 100k texts through Triton on 2 CPU cores takes most of an hour. The movielens
+catalogue is embedded for real. The load generator runs on the same 2 cores as the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from longtail.common.v1 import common_pb2
+from longtail.embeddings.v1 import embeddings_service_pb2
+from longtail.exposure.v1 import exposure_service_pb2
+from longtail.profiles.v1 import profiles_service_pb2
+from longtail.ranking.v1 import ranking_service_pb2
+from longtail_client import datasets
+from longtail_client.client import LongtailClient
+from longtail_client.indexing import index_catalogue
+from longtail_client.suite import LocalSuite, SuiteConfig
+
+console = Console()
+
+
+@dataclass
+class Row:
+    mode: str
+    load: str
+    sent: int
+    ok: int
+    errors: int
+    fallbacks: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        return float(np.percentile(self.latencies_ms, q))
+
+
+class Workload:
+    """Which user asks next: mostly known users, some new users with interests."""
+
+    def __init__(self, users: list[str], cold_share: float, seed: int) -> None:
+        self._users = users
+        self._cold_share = cold_share
+        self._rng = random.Random(seed)
+        self._topics = datasets.DEMO_CATEGORIES
+
+    def next(self) -> tuple[str, str]:
+        if self._rng.random() < self._cold_share:
+            topic = self._rng.choice(self._topics)
+            return f"bench-cold-{self._rng.randrange(10**9)}", datasets.demo_interests(topic)
+        return self._rng.choice(self._users), ""
+
+
+async def _one(
+    client: LongtailClient, workload: Workload, k: int, timeout: float
+) -> tuple[bool, bool]:
+    user, interests = workload.next()
+    try:
+        answer = await client.recommend(user, k, interests=interests, timeout=timeout)
+    except Exception:
+        return False, False
+    return True, answer.fallback
+
+
+async def closed_loop(
+    client: LongtailClient, workload: Workload, concurrency: int, seconds: float, k: int
+) -> Row:
+    latencies: list[float] = []
+    counts = {"sent": 0, "ok": 0, "errors": 0, "fallbacks": 0}
+    stop_at = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            counts["sent"] += 1
+            ok, fallback = await _one(client, workload, k, 2.0)
+            if ok:
+                counts["ok"] += 1
+                counts["fallbacks"] += fallback
+                latencies.append((time.perf_counter() - started) * 1000)
+            else:
+                counts["errors"] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Row(
+        "closed",
+        f"{concurrency} callers",
+        counts["sent"],
+        counts["ok"],
+        counts["errors"],
+        counts["fallbacks"],
+        time.perf_counter() - started,
+        latencies,
+    )
+
+
+async def open_loop(
+    client: LongtailClient, workload: Workload, rate: float, seconds: float, k: int
+) -> Row:
+    latencies: list[float] = []
+    counts = {"ok": 0, "errors": 0, "fallbacks": 0}
+    total = int(rate * seconds)
+    start = time.perf_counter()
+
+    async def fire(scheduled: float) -> None:
+        ok, fallback = await _one(client, workload, k, 2.0)
+        if ok:
+            counts["ok"] += 1
+            counts["fallbacks"] += fallback
+            latencies.append((time.perf_counter() - scheduled) * 1000)
+        else:
+            counts["errors"] += 1
+
+    tasks = []
+    for n in range(total):
+        scheduled = start + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(scheduled)))
+    await asyncio.gather(*tasks)
+    return Row(
+        "open",
+        f"{rate:g} req/s",
+        total,
+        counts["ok"],
+        counts["errors"],
+        counts["fallbacks"],
+        time.perf_counter() - start,
+        latencies,
+    )
+
+
+async def per_hop(client: LongtailClient, users: list[str], calls: int, k: int) -> list[Row]:
+    """Each hop of the pipeline called directly, one call at a time, with realistic inputs."""
+    rng = random.Random(7)
+    samples: dict[str, list[float]] = {
+        "profiles.GetUserProfile": [],
+        "ranking.RankCandidates": [],
+        "exposure.Rerank": [],
+        "profiles.RecordImpressions": [],
+        "gateway.Recommend (all hops)": [],
+    }
+
+    def record(name: str, started: float) -> None:
+        samples[name].append((time.perf_counter() - started) * 1000)
+
+    for n in range(calls):
+        user = rng.choice(users)
+        started = time.perf_counter()
+        profile = (
+            await client.profiles.GetUserProfile(
+                profiles_service_pb2.GetUserProfileRequest(user_id=user, history_limit=500),
+                timeout=5,
+            )
+        ).profile
+        record("profiles.GetUserProfile", started)
+        started = time.perf_counter()
+        ranked = await client.ranking.RankCandidates(
+            ranking_service_pb2.RankCandidatesRequest(
+                user_id=user,
+                history=profile.history,
+                candidate_count=100,
+                exclude_item_ids=profile.seen_item_ids,
+            ),
+            timeout=5,
+        )
+        record("ranking.RankCandidates", started)
+        started = time.perf_counter()
+        reranked = await client.exposure.Rerank(
+            exposure_service_pb2.RerankRequest(
+                request_id=f"hop-{n}",
+                user_id=user,
+                candidates=ranked.candidates,
+                k=k,
+                tail_propensity=profile.tail_propensity,
+                category_mix=profile.category_mix,
+            ),
+            timeout=5,
+        )
+        record("exposure.Rerank", started)
+        impressions = [
+            common_pb2.Impression(
+                request_id=f"bench-hop-{time.time_ns()}",
+                position=item.position,
+                user_id=user,
+                item_id=item.item_id,
+                policy_name="bench",
+                reason=item.reason,
+            )
+            for item in reranked.items
+        ]
+        started = time.perf_counter()
+        await client.profiles.RecordImpressions(
+            profiles_service_pb2.RecordImpressionsRequest(impressions=impressions), timeout=5
+        )
+        record("profiles.RecordImpressions", started)
+        started = time.perf_counter()
+        await client.recommend(user, k, timeout=5)
+        record("gateway.Recommend (all hops)", started)
+    return [
+        Row("hop", name, calls, calls, 0, 0, sum(ms) / 1000, ms) for name, ms in samples.items()
+    ]
+
+
+def synthetic_vectors(
+    dataset: datasets.Dataset, dimension: int, seed: int
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """Unit vectors clustered by the items' first category (a stand-in for real embeddings)."""
+    rng = np.random.default_rng(seed)
+    centroids = {c: rng.normal(size=dimension) for c in datasets.DEMO_CATEGORIES}
+    matrix = np.stack(
+        [
+            centroids.get(item.categories[0] if item.categories else "", rng.normal(size=dimension))
+            + rng.normal(scale=0.8, size=dimension)
+            for item in dataset.items
+        ]
+    ).astype(np.float32)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix
+
+
+async def prepare(client: LongtailClient, args: argparse.Namespace) -> datasets.Dataset:
+    started = time.perf_counter()
+    if args.catalogue == "movielens":
+        dataset = datasets.read_movielens(Path(args.dataset))
+        await datasets.upload(dataset, client.profiles)
+        await index_catalogue(client.profiles, client.embeddings)
+    else:
+        dataset = datasets.make_demo_catalogue(args.items, args.users, seed=args.seed)
+        await datasets.upload(dataset, client.profiles)
+        info = await client.embeddings.GetModelInfo(
+            embeddings_service_pb2.GetModelInfoRequest(), timeout=30
+        )
+        vectors = synthetic_vectors(dataset, info.dimension, args.seed)
+        for start in range(0, len(dataset.items), 1000):
+            updates = [
+                profiles_service_pb2.ItemVectorUpdate(
+                    item_id=item.item_id,
+                    vector=common_pb2.ItemVector(
+                        values=vectors[start + n].tolist(),
+                        model_name=info.model_name,
+                        model_version=info.model_version,
+                    ),
+                )
+                for n, item in enumerate(dataset.items[start : start + 1000])
+            ]
+            await client.profiles.UpdateItemVectors(
+                profiles_service_pb2.UpdateItemVectorsRequest(updates=updates), timeout=60
+            )
+    await client.ranking.TrainModel(ranking_service_pb2.TrainModelRequest(), timeout=900)
+    status = await client.ranking.ReloadModels(
+        ranking_service_pb2.ReloadModelsRequest(), timeout=900
+    )
+    console.print(
+        f"catalogue ready: {status.indexed_item_count} items indexed "
+        f"in {time.perf_counter() - started:.0f}s"
+    )
+    return dataset
+
+
+def print_table(rows: list[Row], title: str) -> str:
+    table = Table(title=title)
+    header = ["mode", "load", "sent", "ok", "errors", "fallback", "req/s", "p50 ms", "p99 ms"]
+    for column in header:
+        table.add_column(column, justify="left" if column in ("mode", "load") else "right")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            row.mode,
+            row.load,
+            str(row.sent),
+            str(row.ok),
+            str(row.errors),
+            str(row.fallbacks),
+            f"{row.throughput:.1f}",
+            f"{row.percentile(50):.2f}",
+            f"{row.percentile(99):.2f}",
+        ]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    console.print(table)
+    return "\n".join(lines)
+
+
+def plot(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, marker in (("closed", "o"), ("open", "s")):
+        chosen = [r for r in rows if r.mode == mode and r.latencies_ms]
+        if not chosen:
+            continue
+        x = [r.throughput for r in chosen]
+        ax.plot(x, [r.percentile(50) for r in chosen], marker=marker, label=f"{mode} loop p50")
+        ax.plot(
+            x, [r.percentile(99) for r in chosen], marker=marker, ls="--", label=f"{mode} loop p99"
+        )
+        for r in chosen:
+            ax.annotate(r.load, (r.throughput, r.percentile(99)), fontsize=7)
+    ax.axhline(20, color="grey", lw=0.8, ls=":", label="p99 budget 20 ms")
+    ax.set_xlabel("served requests per second")
+    ax.set_ylabel("latency, ms")
+    ax.set_yscale("log")
+    ax.set_title("Recommend through the gateway (all services on one 2-core machine)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_outputs(
+    out: Path, catalogue: str, title: str, text: str, hop_text: str, rows: list[Row]
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"recommend-{catalogue}.md").write_text(
+        f"## {title}\n\n{text}\n\n## Per hop\n\n{hop_text}\n"
+    )
+    plot(rows, out / f"recommend-{catalogue}.png")
+    console.print(f"wrote {out}/recommend-{catalogue}.md and .png")
+
+
+async def main(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="longtail-bench-"))
+    async with LocalSuite(SuiteConfig(workdir=workdir)) as suite:
+        client = LongtailClient(suite.targets, timeout_seconds=60)
+        try:
+            dataset = await prepare(client, args)
+            users = sorted({i.user_id for i in dataset.interactions})
+            workload = Workload(users, args.cold_share, args.seed)
+            for _ in range(20):  # warm caches and connections
+                await _one(client, workload, args.k, 5.0)
+            rows: list[Row] = []
+            for concurrency in args.concurrency:
+                rows.append(await closed_loop(client, workload, concurrency, args.seconds, args.k))
+            for rate in args.rates:
+                rows.append(await open_loop(client, workload, rate, args.seconds, args.k))
+            hops = await per_hop(client, users, args.hop_calls, args.k)
+        finally:
+            await client.close()
+    title = (
+        f"Recommend, {args.catalogue} catalogue ({len(dataset.items)} items), k={args.k}, "
+        f"cold share {args.cold_share:g}"
+    )
+    text = print_table(rows, title)
+    hop_text = print_table(hops, "Per hop, sequential direct calls")
+    if args.out:
+        await asyncio.to_thread(
+            write_outputs, Path(args.out), args.catalogue, title, text, hop_text, rows
+        )
+    mean_hops = {r.load: statistics.fmean(r.latencies_ms) for r in hops}
+    console.print({name: round(ms, 2) for name, ms in mean_hops.items()})
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--catalogue", choices=["movielens", "synthetic"], default="synthetic")
+    parser.add_argument(
+        "--dataset",
+        default=str(Path(__file__).resolve().parents[2] / "shared/datasets/movielens-latest-small"),
+    )
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--cold-share", type=float, default=0.1)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200])
+    parser.add_argument("--hop-calls", type=int, default=200)
+    parser.add_argument("--out", help="folder for the markdown table and the plot")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))
