@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from services.common.errors import ServiceError, from_upstream, to_status
 from services.common.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
 from services.common.observability import Observability, ObservabilitySettings
-from services.common.settings import ServerSettings, SettingsError, load_settings
+from services.common.settings import ServerSettings, SettingsError, env_name, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -236,14 +237,18 @@ def run_service(
     prefix: str,
     settings_class: type[S],
     build: Callable[[S], Awaitable[ServiceDefinition]],
+    default_port: int = 0,
 ) -> None:
     """Process entry point: settings from ``<prefix>*`` variables, serve until SIGTERM/SIGINT.
 
     ``settings_class`` is the service's frozen settings dataclass; its ``server`` part is read
-    from the same prefix. Prints ``LISTENING host:port`` on stdout once serving (for launchers).
+    from the same prefix, with ``default_port`` when ``<prefix>PORT`` is unset (0 = a free port).
+    Prints ``LISTENING host:port`` on stdout once serving (for launchers).
     """
     try:
         server_settings = load_settings(ServerSettings, prefix)
+        if env_name(prefix, "port") not in os.environ:
+            server_settings = dataclasses.replace(server_settings, port=default_port)
         service_settings = load_settings(settings_class, prefix)
         observability_settings = load_settings(ObservabilitySettings, prefix)
     except SettingsError as error:

@@ -5,4 +5,4 @@ from services.embeddings.app import build
 from services.embeddings.config import ENV_PREFIX, EmbeddingsSettings
 
 if __name__ == "__main__":
-    run_service(ENV_PREFIX, EmbeddingsSettings, build)
+    run_service(ENV_PREFIX, EmbeddingsSettings, build, default_port=50052)

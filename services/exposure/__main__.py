@@ -5,4 +5,4 @@ from services.exposure.app import build
 from services.exposure.config import ExposureSettings
 
 if __name__ == "__main__":
-    run_service("LONGTAIL_EXPOSURE_", ExposureSettings, build)
+    run_service("LONGTAIL_EXPOSURE_", ExposureSettings, build, default_port=50054)

@@ -5,4 +5,4 @@ from services.gateway.app import build
 from services.gateway.config import GatewaySettings
 
 if __name__ == "__main__":
-    run_service("LONGTAIL_GATEWAY_", GatewaySettings, build)
+    run_service("LONGTAIL_GATEWAY_", GatewaySettings, build, default_port=50050)

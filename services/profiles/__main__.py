@@ -5,4 +5,4 @@ from services.profiles.app import build
 from services.profiles.config import ProfilesSettings
 
 if __name__ == "__main__":
-    run_service("LONGTAIL_PROFILES_", ProfilesSettings, build)
+    run_service("LONGTAIL_PROFILES_", ProfilesSettings, build, default_port=50051)

@@ -9,4 +9,4 @@ from services.common.server import run_service
 from services.ranking.app import RankingSettings, build
 
 if __name__ == "__main__":
-    run_service("LONGTAIL_RANKING_", RankingSettings, build)
+    run_service("LONGTAIL_RANKING_", RankingSettings, build, default_port=50053)
