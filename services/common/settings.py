@@ -86,7 +86,8 @@ class ServerSettings:
     """How a service listens. Read with the service's prefix, e.g. ``LONGTAIL_PROFILES_PORT``."""
 
     host: str = "127.0.0.1"
-    # 0 picks a free port (tests); the bound port is logged and returned.
+    # Unset: the service's own port (gateway 50050, profiles 50051, embeddings 50052, ranking
+    # 50053, exposure 50054); 0 picks a free port (tests). The bound port is logged.
     port: int = 0
     # Seconds in-flight calls get to finish after SIGTERM (health goes NOT_SERVING first).
     grace_seconds: float = 5.0

@@ -529,6 +529,10 @@ class ProfilesInteractionSource:
                 [i.user_id for i in rows],
                 [i.item_id for i in rows],
                 np.asarray([interaction_weight(i.kind, i.value) for i in rows], dtype=np.float64),
+                np.asarray(
+                    [i.occurred_at.seconds + i.occurred_at.nanos * 1e-9 for i in rows],
+                    dtype=np.float64,
+                ),
             )
             token = response.next_page_token
             if not token:

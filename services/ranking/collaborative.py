@@ -76,6 +76,9 @@ class InteractionBatch:
     user_ids: Sequence[str]
     item_ids: Sequence[str]
     weights: Sequence[float] | npt.NDArray[np.float64]
+    # Seconds since the epoch of each interaction (the learned ranker's time split needs them);
+    # None when the source does not know them.
+    timestamps: Sequence[float] | npt.NDArray[np.float64] | None = None
 
 
 class CollaborativeModel:

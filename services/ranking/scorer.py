@@ -30,6 +30,7 @@ import numpy.typing as npt
 from services.ranking.catalog import CatalogSnapshot
 from services.ranking.collaborative import CollaborativeModel
 from services.ranking.index import BoolArray, FloatArray, RowArray, SearchRequest, multi_search
+from services.ranking.learned import FEATURE_NAMES, LearnedRanker
 
 _EMPTY_ROWS = np.empty(0, dtype=np.int64)
 
@@ -110,6 +111,35 @@ class RankResult:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class CandidatePool:
+    """The pooled candidates of one request (catalogue rows) and their features."""
+
+    source: VectorSource
+    rows: RowArray
+    # One row per candidate, columns as ``learned.FEATURE_NAMES``.
+    features: FloatArray
+    content_raw: FloatArray
+    content_norm: FloatArray
+    collaborative_raw: FloatArray
+    collaborative_norm: FloatArray
+    evidence: FloatArray
+
+    @classmethod
+    def empty(cls, source: VectorSource) -> CandidatePool:
+        none = np.zeros(0, dtype=np.float32)
+        return cls(
+            source,
+            _EMPTY_ROWS,
+            np.zeros((0, len(FEATURE_NAMES)), dtype=np.float32),
+            none,
+            none,
+            none,
+            none,
+            none,
+        )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class CollaborativeView:
     """A collaborative model aligned with one catalogue snapshot."""
 
@@ -122,6 +152,8 @@ class CollaborativeView:
     model_is_tail: BoolArray
     # Per catalogue row: training interactions (the blend's evidence n_i).
     evidence: FloatArray
+    # Per model row: the item factor scaled to unit length (item-item cosines).
+    unit_factors: FloatArray
 
     @classmethod
     def build(cls, model: CollaborativeModel, snapshot: CatalogSnapshot) -> CollaborativeView:
@@ -135,7 +167,9 @@ class CollaborativeView:
         model_is_tail[known] = snapshot.is_tail[catalog_rows[known]]
         evidence = np.zeros(snapshot.size, dtype=np.float32)
         evidence[catalog_rows[known]] = model.item_counts[known]
-        return cls(model, model_rows, catalog_rows, model_is_tail, evidence)
+        norms = np.linalg.norm(model.item_factors, axis=1, keepdims=True)
+        unit = (model.item_factors / np.maximum(norms, 1e-12)).astype(np.float32)
+        return cls(model, model_rows, catalog_rows, model_is_tail, evidence, unit)
 
 
 def recency_weights(count: int, half_life: float) -> FloatArray:
@@ -264,16 +298,16 @@ def select_with_reserves(
     return np.asarray(chosen, dtype=np.int64)
 
 
-def rank(
+def candidate_pool(
     snapshot: CatalogSnapshot,
     collaborative: CollaborativeView | None,
     query: RankQuery,
     config: ScorerConfig,
-) -> RankResult:
-    """Candidates for one user, sorted by blended score (see the module docstring)."""
+) -> CandidatePool:
+    """The union of the candidate sources for one user, with every candidate's features."""
     count = query.candidate_count
     if snapshot.size == 0 or count <= 0:
-        return RankResult([], VectorSource.NONE)
+        return CandidatePool.empty(VectorSource.NONE)
 
     history = list(query.history[: config.max_history])
     history_rows_all = np.asarray(
@@ -367,31 +401,40 @@ def rank(
     if excluded.shape[0]:
         pool = pool[~np.isin(pool, excluded)]
     if pool.shape[0] == 0:
-        return RankResult([], source)
+        return CandidatePool.empty(source)
 
     # --- features
     pool_vectors = snapshot.vectors[pool]
     popularity = snapshot.popularity[pool]
+    n = pool.shape[0]
+    similarity = np.zeros(n, dtype=np.float32)
+    recent_max = np.zeros(n, dtype=np.float32)
+    recent_mean = np.zeros(n, dtype=np.float32)
     if content_vector is not None:
-        similarity = pool_vectors @ content_vector
+        similarity = (pool_vectors @ content_vector).astype(np.float32)
         if recent_rows.shape[0]:
             recent = pool_vectors @ snapshot.vectors[recent_rows].T
+            recent_max = recent.max(axis=1).astype(np.float32)
+            recent_mean = recent.mean(axis=1).astype(np.float32)
             total = config.user_weight + config.recent_max_weight + config.recent_mean_weight
             content_raw = (
                 config.user_weight * similarity
-                + config.recent_max_weight * recent.max(axis=1)
-                + config.recent_mean_weight * recent.mean(axis=1)
+                + config.recent_max_weight * recent_max
+                + config.recent_mean_weight * recent_mean
             ) / np.float32(max(total, 1e-9))
         else:
             content_raw = similarity
+            recent_max = similarity
+            recent_mean = similarity
         content_norm = min_max(content_raw.astype(np.float32))
     else:
-        content_raw = np.zeros(pool.shape[0], dtype=np.float32)
+        content_raw = np.zeros(n, dtype=np.float32)
         # Without content evidence the prior is popularity (log-scaled).
         content_norm = min_max(np.log1p(popularity).astype(np.float32))
-    collaborative_raw = np.zeros(pool.shape[0], dtype=np.float32)
-    collaborative_norm = np.zeros(pool.shape[0], dtype=np.float32)
-    evidence = np.zeros(pool.shape[0], dtype=np.float32)
+    collaborative_raw = np.zeros(n, dtype=np.float32)
+    collaborative_norm = np.zeros(n, dtype=np.float32)
+    evidence = np.zeros(n, dtype=np.float32)
+    known = np.zeros(n, dtype=np.bool_)
     if user_factor is not None and collaborative is not None:
         pool_model_rows = collaborative.model_rows[pool]
         known = pool_model_rows >= 0
@@ -400,7 +443,80 @@ def rank(
         )
         collaborative_norm = min_max(collaborative_raw, known)
         evidence = np.where(known, collaborative.evidence[pool], 0.0).astype(np.float32)
-    score = blend(content_norm, collaborative_norm, evidence, config.kappa)
+    # Item-item similarity in the collaborative space to the last few items (a cheap stand-in for
+    # co-occurrence with recent history): cosine of unit item factors.
+    factor_recent_max = np.zeros(n, dtype=np.float32)
+    factor_recent_mean = np.zeros(n, dtype=np.float32)
+    if collaborative is not None and recent_rows.shape[0] and known.any():
+        recent_model_rows = collaborative.model_rows[recent_rows]
+        recent_model_rows = recent_model_rows[recent_model_rows >= 0]
+        if recent_model_rows.shape[0]:
+            unit = collaborative.unit_factors
+            cosines = unit[collaborative.model_rows[pool][known]] @ unit[recent_model_rows].T
+            factor_recent_max[known] = cosines.max(axis=1)
+            factor_recent_mean[known] = cosines.mean(axis=1)
+
+    is_tail = snapshot.is_tail[pool]
+    is_cold = snapshot.is_cold[pool]
+    history_tail_share = (
+        float(snapshot.is_tail[history_rows].mean()) if history_rows.shape[0] else 0.0
+    )
+    log_popularity = np.log1p(popularity).astype(np.float32)
+    tail = is_tail.astype(np.float32)
+    cold = is_cold.astype(np.float32)
+    features = np.column_stack(
+        [
+            collaborative_raw,
+            known.astype(np.float32),
+            collaborative_norm,
+            collaborative_raw * evidence_weight(evidence, 20.0),
+            similarity,
+            recent_max,
+            recent_mean,
+            recent_max * recent_max,
+            log_popularity,
+            tail,
+            cold,
+            tail * np.float32(history_tail_share),
+            log_popularity * np.float32(math.log1p(history_rows.shape[0])),
+            recent_max * cold,
+            factor_recent_max,
+            factor_recent_mean,
+        ]
+    ).astype(np.float32)
+    return CandidatePool(
+        source=source,
+        rows=pool,
+        features=features,
+        content_raw=content_raw.astype(np.float32),
+        content_norm=content_norm,
+        collaborative_raw=collaborative_raw,
+        collaborative_norm=collaborative_norm,
+        evidence=evidence,
+    )
+
+
+def rank(
+    snapshot: CatalogSnapshot,
+    collaborative: CollaborativeView | None,
+    query: RankQuery,
+    config: ScorerConfig,
+    ranker: LearnedRanker | None = None,
+) -> RankResult:
+    """Candidates for one user, best first (see the module docstring).
+
+    With a ``ranker`` the score is its logit over the candidate features; without one (no model
+    trained yet, or one trained before rankers existed) the evidence-weighted blend.
+    """
+    count = query.candidate_count
+    found = candidate_pool(snapshot, collaborative, query, config)
+    pool = found.rows
+    if pool.shape[0] == 0:
+        return RankResult([], found.source)
+    if ranker is not None and found.source is VectorSource.HISTORY:
+        score = ranker.score(found.features)
+    else:
+        score = blend(found.content_norm, found.collaborative_norm, found.evidence, config.kappa)
 
     # --- selection: best first, ties by catalogue row (deterministic)
     order = np.lexsort((pool, -score)).astype(np.int64)
@@ -412,6 +528,7 @@ def rank(
         config.min_tail_share,
         config.min_cold_share,
     )
+    popularity = snapshot.popularity[pool]
     candidates = []
     for position in chosen:
         row = int(pool[position])
@@ -419,8 +536,8 @@ def rank(
             ScoredCandidate(
                 item_id=snapshot.item_ids[row],
                 score=float(score[position]),
-                content_score=float(content_raw[position]),
-                collaborative_score=float(collaborative_raw[position]),
+                content_score=float(found.content_raw[position]),
+                collaborative_score=float(found.collaborative_raw[position]),
                 popularity=int(popularity[position]),
                 is_tail=bool(snapshot.is_tail[row]),
                 is_cold=bool(snapshot.is_cold[row]),
@@ -428,4 +545,4 @@ def rank(
                 vector=snapshot.vectors[row] if query.include_vectors else None,
             )
         )
-    return RankResult(candidates, source, int(pool.shape[0]))
+    return RankResult(candidates, found.source, int(pool.shape[0]))

@@ -1,0 +1,175 @@
+"""Fitting the learned ranker on a validation slice of the stored interactions.
+
+The slice follows the evaluation's per-user time rule: for each user with at least
+``min_interactions`` interactions, the last ``max(1, floor(share * n))`` by (time, item id) are
+labels and the rest is the history. A collaborative model is refitted on the history part only and
+the catalogue's popularity / head / tail / cold flags are recomputed from it, so the features the
+ranker learns from look like serving's features (computed from the past) and the labels lie in
+that past's future.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+
+from services.common.tail import head_items
+from services.ranking.catalog import CatalogSnapshot, ItemStatsRecord, restat_snapshot
+from services.ranking.collaborative import AlsParams, InteractionBatch, train_als
+from services.ranking.index import IndexParams
+from services.ranking.learned import LearnedRanker, fit_ranker
+from services.ranking.scorer import (
+    CollaborativeView,
+    HistoryItem,
+    RankQuery,
+    ScorerConfig,
+    VectorSource,
+    candidate_pool,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankerTrainingParams:
+    label_share: float = 0.2
+    min_interactions: int = 5
+    # Users whose pools are featurised (a deterministic stride sample above this many).
+    max_users: int = 3000
+    # Candidates per training pool (the serving default).
+    candidate_count: int = 100
+    l2: float = 1.0
+    max_history: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Event:
+    time: float
+    item_id: str
+    weight: float
+
+
+def _user_events(batches: Sequence[InteractionBatch]) -> dict[str, list[_Event]] | None:
+    events: dict[str, list[_Event]] = defaultdict(list)
+    for batch in batches:
+        if batch.timestamps is None:
+            return None
+        for user, item, weight, at in zip(
+            batch.user_ids, batch.item_ids, batch.weights, batch.timestamps, strict=True
+        ):
+            events[user].append(_Event(float(at), item, float(weight)))
+    for user_events in events.values():
+        user_events.sort(key=lambda e: (e.time, e.item_id))
+    return events
+
+
+def split_by_time(
+    events: dict[str, list[_Event]], params: RankerTrainingParams
+) -> tuple[dict[str, list[_Event]], dict[str, set[str]]]:
+    """(history part per user, label items per user) by the per-user time rule."""
+    history: dict[str, list[_Event]] = {}
+    labels: dict[str, set[str]] = {}
+    for user, user_events in events.items():
+        n = len(user_events)
+        if n < params.min_interactions:
+            history[user] = user_events
+            continue
+        held = max(1, math.floor(params.label_share * n))
+        history[user] = user_events[: n - held]
+        seen = {e.item_id for e in history[user]}
+        wanted = {e.item_id for e in user_events[n - held :]} - seen
+        if wanted:
+            labels[user] = wanted
+    return history, labels
+
+
+def _stats(snapshot: CatalogSnapshot, history: dict[str, list[_Event]]) -> list[ItemStatsRecord]:
+    counts: dict[str, int] = defaultdict(int)
+    for user_events in history.values():
+        for event in user_events:
+            counts[event.item_id] += 1
+    head = head_items(counts, snapshot.item_ids)
+    return [
+        ItemStatsRecord(item_id, counts.get(item_id, 0), item_id not in head, not counts.get(item_id))
+        for item_id in snapshot.item_ids
+    ]
+
+
+def train_ranker(
+    snapshot: CatalogSnapshot,
+    batches: Sequence[InteractionBatch],
+    als_params: AlsParams,
+    scorer_config: ScorerConfig,
+    index_params: IndexParams,
+    params: RankerTrainingParams | None = None,
+) -> LearnedRanker | None:
+    """A ranker fitted on the validation slice; None when it cannot be fitted.
+
+    (No timestamps, no user with enough interactions, an empty catalogue, or no label found in
+    any pool.) CPU-heavy: call it off the event loop.
+    """
+    params = params or RankerTrainingParams()
+    started = time.perf_counter()
+    if snapshot.size == 0:
+        return None
+    events = _user_events(batches)
+    if events is None:
+        log.warning("interactions carry no timestamps; no learned ranker")
+        return None
+    history, labels = split_by_time(events, params)
+    if not labels:
+        return None
+    part = [(u, e) for u, user_events in history.items() for e in user_events]
+    if not part:
+        return None
+    model = train_als(
+        [
+            InteractionBatch(
+                [u for u, _ in part], [e.item_id for _, e in part], [e.weight for _, e in part]
+            )
+        ],
+        als_params,
+        version="validation",
+    )
+    past = restat_snapshot(snapshot, _stats(snapshot, history), index_params) or snapshot
+    view = CollaborativeView.build(model, past)
+    users = sorted(labels)
+    if len(users) > params.max_users:
+        stride = len(users) / params.max_users
+        users = [users[int(i * stride)] for i in range(params.max_users)]
+    feature_parts = []
+    label_parts = []
+    for user in users:
+        recent_first = history[user][::-1][: params.max_history]
+        query = RankQuery(
+            history=[HistoryItem(e.item_id, e.weight) for e in recent_first],
+            candidate_count=params.candidate_count,
+        )
+        pool = candidate_pool(past, view, query, scorer_config)
+        if pool.source is not VectorSource.HISTORY or pool.rows.shape[0] == 0:
+            continue
+        wanted = labels[user]
+        feature_parts.append(pool.features)
+        label_parts.append(
+            np.fromiter((past.item_ids[r] in wanted for r in pool.rows), dtype=np.float64)
+        )
+    if not feature_parts:
+        return None
+    features = np.vstack(feature_parts)
+    targets = np.concatenate(label_parts)
+    try:
+        ranker = fit_ranker(features, targets, l2=params.l2)
+    except ValueError as error:
+        log.warning("learned ranker not fitted", extra={"fields": {"detail": str(error)}})
+        return None
+    ranker.info.update(
+        {"users": len(feature_parts), "seconds": round(time.perf_counter() - started, 3)}
+    )
+    log.info("learned ranker fitted", extra={"fields": dict(ranker.info)})
+    return ranker
