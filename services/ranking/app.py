@@ -54,6 +54,8 @@ async def build_with_sources(
         ArtifactStore(settings.artifact_dir),
         settings.scorer_config(),
         settings.als_params(),
+        settings.index_params(),
+        settings.ranker_params(),
     )
     background = asyncio.create_task(engine.run_background(settings.refresh_seconds))
     closers = list(on_close or [])

@@ -29,6 +29,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse
 
+from services.ranking.learned import LearnedRanker
+
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float32]
@@ -36,6 +38,7 @@ RowArray = npt.NDArray[np.int64]
 
 ARTIFACT_FORMAT = 1
 _CURRENT = "current"
+_RANKER_FILE = "ranker.json"
 
 # Interaction kinds (longtail.common.v1.InteractionKind numbers; kept numeric so that this module
 # is usable without the generated contracts). Stronger signals weigh more in ALS confidence.
@@ -97,6 +100,7 @@ class CollaborativeModel:
         interaction_count: int = 0,
         duration_seconds: float = 0.0,
         created_at: str = "",
+        ranker: LearnedRanker | None = None,
     ) -> None:
         if item_factors.shape[0] != len(item_ids) or item_counts.shape[0] != len(item_ids):
             raise ValueError("item factors, counts and ids differ in length")
@@ -110,6 +114,8 @@ class CollaborativeModel:
         self.interaction_count = interaction_count
         self.duration_seconds = duration_seconds
         self.created_at = created_at
+        # The learned ranker fitted with this model (None: serving uses the hand-set blend).
+        self.ranker = ranker
         self.item_rows = {item_id: row for row, item_id in enumerate(self.item_ids)}
         factors = self.item_factors.astype(np.float64)
         # Y^T Y + lambda I: the shared part of every user's normal equations.
@@ -260,6 +266,8 @@ class ArtifactStore:
             np.save(staging / "user_factors.npy", model.user_factors, allow_pickle=False)
         (staging / "item_ids.json").write_text(json.dumps(model.item_ids))
         (staging / "user_ids.json").write_text(json.dumps(model.user_ids))
+        if model.ranker is not None:
+            (staging / _RANKER_FILE).write_text(model.ranker.to_json())
         manifest = {
             "format": ARTIFACT_FORMAT,
             "version": model.version,
@@ -337,8 +345,20 @@ class ArtifactStore:
             interaction_count=int(manifest.get("interaction_count", 0)),
             duration_seconds=float(manifest.get("duration_seconds", 0.0)),
             created_at=str(manifest.get("created_at", "")),
+            ranker=_load_ranker(folder / _RANKER_FILE),
         )
 
     def load_current(self) -> CollaborativeModel | None:
         version = self.current_version()
         return None if version is None else self.load(version)
+
+
+def _load_ranker(path: Path) -> LearnedRanker | None:
+    """The stored ranker; None when absent or unreadable (serving falls back to the blend)."""
+    if not path.is_file():
+        return None
+    try:
+        return LearnedRanker.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        log.warning("learned ranker not loaded", extra={"fields": {"detail": str(error)}})
+        return None

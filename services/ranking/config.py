@@ -8,6 +8,7 @@ from pathlib import Path
 from services.ranking.collaborative import AlsParams
 from services.ranking.index import IndexParams
 from services.ranking.scorer import ScorerConfig
+from services.ranking.training import RankerTrainingParams
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,15 @@ class RankingSettings:
     hnsw_ef_search: int = 200
     # Evidence prior of the collaborative/content blend: a_i = n_i / (n_i + kappa).
     kappa: float = 20.0
-    # Minimum tail / cold shares of the returned candidates (when the pool has them).
+    # Fit a learned ranker with every TrainModel (on a time-split validation slice of the stored
+    # interactions) and score candidates with it; off: the kappa blend below scores them.
+    # Measured on MovieLens (per-user time split, K=10): the blend gave NDCG@10 0.051, the
+    # ranker 0.15 (ALS alone 0.114).
+    learned_ranker: bool = True
+    # Users whose candidate pools the ranker is fitted on (a deterministic sample above this).
+    ranker_max_users: int = 3000
+    # Minimum tail / cold shares of the returned candidates (when the pool has them): the
+    # exposure policies pick tail items from these; the order stays by score.
     min_tail_share: float = 0.3
     min_cold_share: float = 0.1
     # Seconds between catalogue refreshes (new items, new stats, new model); 0 turns them off.
@@ -50,6 +59,11 @@ class RankingSettings:
             min_tail_share=self.min_tail_share,
             min_cold_share=self.min_cold_share,
         )
+
+    def ranker_params(self) -> RankerTrainingParams | None:
+        if not self.learned_ranker:
+            return None
+        return RankerTrainingParams(max_users=self.ranker_max_users)
 
     def als_params(self) -> AlsParams:
         return AlsParams(num_threads=self.als_threads)

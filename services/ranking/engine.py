@@ -28,7 +28,7 @@ from services.ranking.collaborative import (
     CollaborativeModel,
     train_als,
 )
-from services.ranking.index import FloatArray
+from services.ranking.index import FloatArray, IndexParams
 from services.ranking.scorer import (
     CollaborativeView,
     HistoryItem,
@@ -38,6 +38,7 @@ from services.ranking.scorer import (
     VectorSource,
     rank,
 )
+from services.ranking.training import RankerTrainingParams, train_ranker
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,8 @@ class RankingEngine:
         store: ArtifactStore,
         scorer_config: ScorerConfig | None = None,
         als_params: AlsParams | None = None,
+        index_params: IndexParams | None = None,
+        ranker_params: RankerTrainingParams | None = None,
     ) -> None:
         self._loader = loader
         self._interactions = interactions
@@ -180,6 +183,9 @@ class RankingEngine:
         self._store = store
         self._config = scorer_config or ScorerConfig()
         self._als = als_params or AlsParams()
+        self._index_params = index_params or IndexParams()
+        # None turns the learned ranker off (training then stores the ALS model alone).
+        self._ranker_params = ranker_params
         self._state: RankingState | None = None
         self._model: CollaborativeModel | None = None
         # One writer of the state at a time (reload, refresh, model swap after training).
@@ -265,6 +271,18 @@ class RankingEngine:
             if not any(len(b.user_ids) for b in batches):
                 raise FailedPrecondition("NO_INTERACTIONS", "there are no interactions to train on")
             model = await asyncio.to_thread(train_als, batches, params)
+            state = self._state
+            if self._ranker_params is not None and state is not None:
+                # Fitted against the snapshot being served: its vectors are the features'.
+                model.ranker = await asyncio.to_thread(
+                    train_ranker,
+                    state.snapshot,
+                    batches,
+                    params,
+                    self._config,
+                    self._index_params,
+                    self._ranker_params,
+                )
             await asyncio.to_thread(self._store.save, model)
             async with self._swap_lock:
                 if self._state is not None:
@@ -329,7 +347,10 @@ class RankingEngine:
             include_vectors=request.include_vectors,
         )
         started = time.perf_counter()
-        result = await asyncio.to_thread(rank, snapshot, state.collaborative, query, self._config)
+        ranker = None if model is None else model.ranker
+        result = await asyncio.to_thread(
+            rank, snapshot, state.collaborative, query, self._config, ranker
+        )
         log.debug(
             "ranked",
             extra={

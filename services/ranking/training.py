@@ -96,7 +96,9 @@ def _stats(snapshot: CatalogSnapshot, history: dict[str, list[_Event]]) -> list[
             counts[event.item_id] += 1
     head = head_items(counts, snapshot.item_ids)
     return [
-        ItemStatsRecord(item_id, counts.get(item_id, 0), item_id not in head, not counts.get(item_id))
+        ItemStatsRecord(
+            item_id, counts.get(item_id, 0), item_id not in head, not counts.get(item_id)
+        )
         for item_id in snapshot.item_ids
     ]
 

@@ -51,7 +51,7 @@ def test_comments_become_meanings_and_defaults_are_shown() -> None:
 
 def test_the_readme_table_is_current() -> None:
     table = _env_table()
-    readme = (ROOT / "deploy" / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     start = readme.index(table.BEGIN) + len(table.BEGIN)
     current = readme[start : readme.index(table.END)].strip("\n") + "\n"
     assert current == table.render(), "run: .venv/bin/python deploy/env_table.py --write"
