@@ -56,6 +56,10 @@ class SuiteConfig:
     ports: Mapping[str, int] = field(default_factory=dict)
     host: str = "127.0.0.1"
     auth_token: str | None = None
+    # TLS everywhere: each service serves this certificate and trusts this CA for its calls.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
     # Extra environment per service name, e.g. {"ranking": {"LONGTAIL_RANKING_KAPPA": "5"}}.
     extra_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # Use this Triton instead of starting one (host:grpc_port).
@@ -156,6 +160,11 @@ class LocalSuite:
             env[f"{prefix}TRITON_URL"] = self.triton_url
         if name == "ranking":
             env[f"{prefix}ARTIFACT_DIR"] = str((self.config.workdir / "artifacts").resolve())
+        if self.config.tls_cert_file and self.config.tls_key_file:
+            env[f"{prefix}TLS_CERT_FILE"] = str(self.config.tls_cert_file)
+            env[f"{prefix}TLS_KEY_FILE"] = str(self.config.tls_key_file)
+        if self.config.tls_ca_file and DEPENDENCIES[name]:
+            env[f"{prefix}CLIENT_TLS_CA_FILE"] = str(self.config.tls_ca_file)
         if self.config.auth_token:
             env[f"{prefix}AUTH_TOKEN"] = self.config.auth_token
             if DEPENDENCIES[name]:
@@ -215,7 +224,12 @@ class LocalSuite:
                 await asyncio.sleep(0.1)
 
     async def is_serving(self, name: str) -> bool:
-        async with grpc.aio.insecure_channel(self.target(name)) as channel:
+        if self.config.tls_ca_file is not None:
+            credentials = grpc.ssl_channel_credentials(self.config.tls_ca_file.read_bytes())
+            channel = grpc.aio.secure_channel(self.target(name), credentials)
+        else:
+            channel = grpc.aio.insecure_channel(self.target(name))
+        async with channel:
             status = await check_health(channel)
         return status == health_pb2.HealthCheckResponse.SERVING
 
