@@ -42,7 +42,7 @@ SWEEP = (
 
 def small_movielens() -> datasets.Dataset:
     if not (MOVIELENS / "ratings.csv").is_file():
-        pytest.skip(f"the shared data set is not at {MOVIELENS}")
+        pytest.fail(f"the shared data set is not at {MOVIELENS} (place ../shared beside the repo)")
     data = datasets.read_movielens(MOVIELENS)
     # The 60 users with the fewest ratings keep the catalogue to index small (~800 items with
     # 100 untouched ones, which stay cold).
