@@ -18,7 +18,12 @@ CLIENT span per outbound call and injects ``traceparent``. Done by hand rather t
 ``opentelemetry-instrumentation-grpc``: its grpc.aio server interceptor only sees ``abort``, not
 the ``abort_with_status`` our error interceptor uses, so failed calls looked successful.
 Spans go to an OTLP/gRPC collector when ``LONGTAIL_<NAME>_OTLP_ENDPOINT`` is set;
-``current_trace_fields`` / ``TraceContextLogFilter`` put the trace id into the JSON logs.
+``current_trace_fields`` / ``TraceContextLogFilter`` put the trace id into the JSON logs. When
+nothing exports (an SDK provider without span processors: no endpoint set), no span is recorded:
+the server keeps a non-recording span that carries the caller's trace id (or a new one) and a new
+span id, so logs and the next hop still see the ids, and the client adds no span of its own.
+That is about 13 us per served call instead of 45 us (metrics included), and the RPC metrics use
+cached label children.
 
 Wiring (the runtime does this once per process; services only feed ``RecommenderMetrics``)::
 
@@ -39,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 import threading
 import time
 from collections import Counter, deque
@@ -52,8 +58,15 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import (
     GC_COLLECTOR,
@@ -147,8 +160,24 @@ class RpcMetrics:
             registry=registry,
         )
 
+        # Label children by labels: ``labels()`` validates and locks on every call; a dict hit
+        # does not (a handful of methods and codes per service, so this stays small).
+        self._durations: dict[tuple[str, str, str], Any] = {}
+        self._in_flight: dict[tuple[str, str], Any] = {}
+
+    def in_flight_of(self, service: str, method: str) -> Any:
+        key = (service, method)
+        child = self._in_flight.get(key)
+        if child is None:
+            child = self._in_flight[key] = self.in_flight.labels(service, method)
+        return child
+
     def observe(self, service: str, method: str, code: str, seconds: float) -> None:
-        self.duration.labels(service, method, code).observe(seconds)
+        key = (service, method, code)
+        child = self._durations.get(key)
+        if child is None:
+            child = self._durations[key] = self.duration.labels(service, method, code)
+        child.observe(seconds)
         if code != "OK":
             self.errors.labels(service, method, code).inc()
 
@@ -182,6 +211,42 @@ def _final_code(context: Context, error: BaseException | None) -> grpc.StatusCod
     return grpc.StatusCode.UNKNOWN
 
 
+def records_spans(provider: object) -> bool:
+    """Whether spans of ``provider`` go anywhere: an SDK provider without a span processor (no
+    exporter configured) records spans that nobody reads. Unknown providers count as recording."""
+    if not isinstance(provider, TracerProvider):
+        return True
+    active = getattr(provider, "_active_span_processor", None)
+    processors = getattr(active, "_span_processors", None)
+    return processors is None or bool(processors)
+
+
+def _untracked_span(
+    parent: otel_context.Context, provider: trace.TracerProvider | None, name: str
+) -> trace.Span:
+    """A span that only carries ids: the caller's trace (or a new one) and a new span id.
+
+    Used when nothing exports: the trace id still reaches the logs and the next hop, without the
+    cost of recording a span (attributes, events, timing) that would be dropped anyway.
+    """
+    caller = trace.get_current_span(parent).get_span_context()
+    if caller.is_valid:
+        trace_id, flags, state = caller.trace_id, caller.trace_flags, caller.trace_state
+    else:
+        trace_id = random.getrandbits(128) or 1
+        sampled = (
+            isinstance(provider, TracerProvider)
+            and provider.sampler.should_sample(parent, trace_id, name).decision
+            == Decision.RECORD_AND_SAMPLE
+        )
+        flags = TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+        state = None
+    span_id = random.getrandbits(64) or 1
+    return NonRecordingSpan(
+        SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+    )
+
+
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     """Times every unary call, counts its final code and traces it (a SERVER span).
 
@@ -194,10 +259,25 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         metrics: RpcMetrics,
         tracer: trace.Tracer,
         untraced_prefixes: Sequence[str] = UNTRACED_METHOD_PREFIXES,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._metrics = metrics
         self._tracer = tracer
         self._untraced = tuple(untraced_prefixes)
+        # The provider ``tracer`` comes from (None: the process's global one), read per call
+        # so that a processor added later is honoured.
+        self._provider = tracer_provider
+        # Per method: (service, method, traced); intercept_service runs on every call.
+        self._methods: dict[str, tuple[str, str, bool]] = {}
+
+    def _method(self, full_method: str) -> tuple[str, str, bool]:
+        known = self._methods.get(full_method)
+        if known is None:
+            service, method = split_method(full_method)
+            known = (service, method, not full_method.startswith(self._untraced))
+            if len(self._methods) < 10_000:  # method names come from clients: stay bounded
+                self._methods[full_method] = known
+        return known
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -206,20 +286,27 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler  # streaming (health Watch, reflection): passed through untouched
         full_method: str = handler_call_details.method
-        service, method = split_method(full_method)
+        service, method, traced = self._method(full_method)
         inner = handler.unary_unary
-        traced = not full_method.startswith(self._untraced)
         metrics = self._metrics
         tracer = self._tracer
+        provider = self._provider
+        recording = traced and records_spans(
+            trace.get_tracer_provider() if provider is None else provider
+        )
 
         async def behaviour(request: Any, context: Context) -> Any:
             started = time.perf_counter()
-            in_flight = metrics.in_flight.labels(service, method)
+            in_flight = metrics.in_flight_of(service, method)
             in_flight.inc()
             error: BaseException | None = None
             span: trace.Span = trace.INVALID_SPAN
             token: object = None
-            if traced:
+            if traced and not recording:
+                parent = _PROPAGATOR.extract(_metadata_carrier(context))
+                span = _untracked_span(parent, provider, full_method)
+                token = otel_context.attach(trace.set_span_in_context(span))
+            elif traced:
                 carrier = _metadata_carrier(context)
                 span = tracer.start_span(
                     f"{service}/{method}",
@@ -246,7 +333,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 code = _final_code(context, error)
                 metrics.observe(service, method, code.name, time.perf_counter() - started)
                 in_flight.dec()
-                if traced:
+                if traced and not recording:
+                    otel_context.detach(token)  # type: ignore[arg-type]
+                elif traced:
                     span.set_attribute("rpc.grpc.status_code", code.value[0])
                     if code != grpc.StatusCode.OK:
                         span.set_status(Status(StatusCode.ERROR, code.name))
@@ -263,12 +352,24 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
 class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """A CLIENT span per outbound call, with ``traceparent`` in the call's metadata."""
 
-    def __init__(self, tracer: trace.Tracer) -> None:
+    def __init__(
+        self, tracer: trace.Tracer, tracer_provider: trace.TracerProvider | None = None
+    ) -> None:
         self._tracer = tracer
+        # The provider ``tracer`` comes from (None: the process's global one).
+        self._provider = tracer_provider
 
     async def intercept_unary_unary(
         self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
     ) -> Any:
+        provider = trace.get_tracer_provider() if self._provider is None else self._provider
+        if not records_spans(provider):
+            # Nothing exports: no CLIENT span; the current (server) span's ids still travel.
+            carrier: dict[str, str] = {}
+            _PROPAGATOR.inject(carrier)
+            if not carrier:
+                return await continuation(client_call_details, request)
+            return await continuation(_with_metadata(client_call_details, carrier), request)
         service, method = split_method(client_call_details.method)
         with self._tracer.start_as_current_span(
             f"{service}/{method}",
@@ -277,19 +378,9 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            carrier: dict[str, str] = {}
+            carrier = {}
             _PROPAGATOR.inject(carrier)
-            metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
-            for key, value in carrier.items():
-                metadata.add(key, value)
-            details = grpc.aio.ClientCallDetails(
-                client_call_details.method,
-                client_call_details.timeout,
-                metadata,
-                client_call_details.credentials,
-                client_call_details.wait_for_ready,
-            )
-            call = await continuation(details, request)
+            call = await continuation(_with_metadata(client_call_details, carrier), request)
             try:
                 await call
                 code = grpc.StatusCode.OK
@@ -300,6 +391,19 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             if code != grpc.StatusCode.OK:
                 span.set_status(Status(StatusCode.ERROR, code.name))
             return call
+
+
+def _with_metadata(client_call_details: Any, carrier: dict[str, str]) -> Any:
+    metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+    for key, value in carrier.items():
+        metadata.add(key, value)
+    return grpc.aio.ClientCallDetails(
+        client_call_details.method,
+        client_call_details.timeout,
+        metadata,
+        client_call_details.credentials,
+        client_call_details.wait_for_ready,
+    )
 
 
 def tracing_client_interceptor() -> TracingClientInterceptor:
@@ -646,10 +750,12 @@ class Observability:
         return cls(service, tracer_provider=provider, process_metrics=True)
 
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        return [ObservabilityInterceptor(self.rpc, self.tracer)]
+        return [
+            ObservabilityInterceptor(self.rpc, self.tracer, tracer_provider=self.tracer_provider)
+        ]
 
     def client_interceptors(self) -> list[grpc.aio.ClientInterceptor]:
-        return [TracingClientInterceptor(self.tracer)]
+        return [TracingClientInterceptor(self.tracer, self.tracer_provider)]
 
     def start_metrics_server(
         self,

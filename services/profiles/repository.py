@@ -39,6 +39,44 @@ counters_t: sa.Table = ItemCounter.__table__  # type: ignore[assignment]
 
 COUNTER_COLUMNS = ("interaction_count", "impression_count", "feedback_count")
 
+# One UPDATE per counter column, built once (RecordImpressions bumps on every call).
+_BUMP_COUNTER = {
+    column: sa.update(counters_t)
+    .where(counters_t.c.item_id == sa.bindparam("b_item_id"))
+    .values({column: counters_t.c[column] + sa.bindparam("b_n")})
+    for column in COUNTER_COLUMNS
+}
+# The statements of the per-request paths (GetUserProfile, GetItemStats, RecordImpressions) are
+# built once with bound parameters and run on the session's Core connection: building a select
+# per call and the ORM execution layer cost more than SQLite's own work on these small reads.
+_USER_INTERESTS = sa.select(users_t.c.interests).where(users_t.c.user_id == sa.bindparam("user_id"))
+_RECENT_HISTORY = (
+    sa.select(
+        interactions_t.c.item_id,
+        interactions_t.c.kind,
+        interactions_t.c.value,
+        interactions_t.c.occurred_at,
+    )
+    .where(interactions_t.c.user_id == sa.bindparam("user_id"))
+    .order_by(interactions_t.c.occurred_at.desc(), interactions_t.c.id.desc())
+    .limit(sa.bindparam("limit"))
+)
+_PER_ITEM = (
+    sa.select(interactions_t.c.item_id, sa.func.count().label("n"))
+    .where(interactions_t.c.user_id == sa.bindparam("user_id"))
+    .group_by(interactions_t.c.item_id)
+    .subquery()
+)
+_USER_ITEM_COUNTS = sa.select(_PER_ITEM.c.item_id, items_t.c.categories, _PER_ITEM.c.n).join(
+    items_t, items_t.c.item_id == _PER_ITEM.c.item_id
+)
+_COUNTERS = sa.select(
+    counters_t.c.item_id,
+    counters_t.c.interaction_count,
+    counters_t.c.impression_count,
+    counters_t.c.feedback_count,
+).where(counters_t.c.item_id.in_(sa.bindparam("item_ids", expanding=True)))
+
 # Text the encoder reads: when any of it changes, the stored vector no longer describes the item.
 _EMBEDDED_TEXT = ("title", "description", "tags", "categories")
 
@@ -78,6 +116,23 @@ def _pg_array_type(column: sa.Column[Any]) -> str:
     raise TypeError(f"no array type for {column.name}")
 
 
+_INSERT_NEW_STATEMENTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
+
+
+def _insert_new_statement(
+    insert: Any, conflict: tuple[str, ...], returning: tuple[str, ...]
+) -> Any:
+    """The ``ON CONFLICT DO NOTHING RETURNING`` insert, built once per table (hot: impressions)."""
+    table: sa.Table = insert.table
+    key = (type(insert).__module__, table.name, conflict, returning)
+    stmt = _INSERT_NEW_STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _INSERT_NEW_STATEMENTS[key] = insert.on_conflict_do_nothing(
+            index_elements=list(conflict)
+        ).returning(*(table.c[name] for name in returning))
+    return stmt
+
+
 def _insert_new(
     session: Session,
     table: sa.Table,
@@ -93,12 +148,8 @@ def _insert_new(
     if not rows:
         return []
     if session.get_bind().dialect.name != "postgresql":
-        stmt = (
-            _insert(session, table)
-            .on_conflict_do_nothing(index_elements=list(conflict))
-            .returning(*(table.c[name] for name in returning))
-        )
-        return list(session.execute(stmt, list(rows)))
+        stmt = _insert_new_statement(_insert(session, table), tuple(conflict), tuple(returning))
+        return list(session.connection().execute(stmt, list(rows)))
     quote = session.get_bind().dialect.identifier_preparer.quote
     names = list(rows[0])
     arrays = ", ".join(
@@ -111,7 +162,7 @@ def _insert_new(
         f"RETURNING {', '.join(quote(name) for name in returning)}"
     )
     params = {f"c{n}": [row[name] for row in rows] for n, name in enumerate(names)}
-    return list(session.execute(sa.text(sql), params))
+    return list(session.connection().execute(sa.text(sql), params))
 
 
 class Repository:
@@ -341,37 +392,19 @@ class Repository:
             return None
         return UserRecord(row.user_id, row.interests, dict(row.attributes or {}))
 
+    def user_interests(self, session: Session, user_id: str) -> str | None:
+        """The user's stated interests, None for an unknown user (no JSON columns read)."""
+        row = session.connection().execute(_USER_INTERESTS, {"user_id": user_id}).one_or_none()
+        return None if row is None else str(row[0])
+
     def recent_history(self, session: Session, user_id: str, limit: int) -> list[HistoryEntry]:
-        stmt = (
-            sa.select(
-                interactions_t.c.item_id,
-                interactions_t.c.kind,
-                interactions_t.c.value,
-                interactions_t.c.occurred_at,
-            )
-            .where(interactions_t.c.user_id == user_id)
-            .order_by(interactions_t.c.occurred_at.desc(), interactions_t.c.id.desc())
-            .limit(limit)
-        )
-        return [
-            HistoryEntry(row.item_id, row.kind, row.value, row.occurred_at)
-            for row in session.execute(stmt)
-        ]
+        rows = session.connection().execute(_RECENT_HISTORY, {"user_id": user_id, "limit": limit})
+        return [HistoryEntry(item_id, kind, value, at) for item_id, kind, value, at in rows]
 
     def user_item_counts(self, session: Session, user_id: str) -> list[tuple[str, list[str], int]]:
         """(item_id, categories, the user's interaction count) per item the user touched."""
-        per_item = (
-            sa.select(interactions_t.c.item_id, sa.func.count().label("n"))
-            .where(interactions_t.c.user_id == user_id)
-            .group_by(interactions_t.c.item_id)
-            .subquery()
-        )
-        stmt = sa.select(per_item.c.item_id, items_t.c.categories, per_item.c.n).join(
-            items_t, items_t.c.item_id == per_item.c.item_id
-        )
-        return [
-            (row.item_id, list(row.categories or []), int(row.n)) for row in session.execute(stmt)
-        ]
+        rows = session.connection().execute(_USER_ITEM_COUNTS, {"user_id": user_id})
+        return [(item_id, list(categories or []), int(n)) for item_id, categories, n in rows]
 
     # ---------------------------------------------------------------- interactions
 
@@ -481,13 +514,7 @@ class Repository:
         rows = [{"b_item_id": item_id, "b_n": n} for item_id, n in sorted(increments.items()) if n]
         if not rows:
             return
-        target = counters_t.c[column]
-        stmt = (
-            sa.update(counters_t)
-            .where(counters_t.c.item_id == sa.bindparam("b_item_id"))
-            .values({column: target + sa.bindparam("b_n")})
-        )
-        session.execute(stmt, rows)
+        session.connection().execute(_BUMP_COUNTER[column], rows)
 
     def counters(
         self, session: Session, item_ids: Iterable[str]
@@ -495,11 +522,8 @@ class Repository:
         ids = sorted(set(item_ids))
         if not ids:
             return {}
-        stmt = sa.select(counters_t).where(counters_t.c.item_id.in_(ids))
-        return {
-            row.item_id: (row.interaction_count, row.impression_count, row.feedback_count)
-            for row in session.execute(stmt)
-        }
+        rows = session.connection().execute(_COUNTERS, {"item_ids": ids})
+        return {item_id: (n, impressions, feedback) for item_id, n, impressions, feedback in rows}
 
     def list_counters(
         self, session: Session, after: str | None, limit: int

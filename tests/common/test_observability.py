@@ -390,3 +390,70 @@ def test_the_process_entry_points_instance_serves_process_and_rpc_series() -> No
     assert result.returncode == 0, result.stderr
     assert "process_cpu_seconds_total" in result.stdout
     assert "# TYPE longtail_rpc_server_duration_seconds histogram" in result.stdout
+
+
+async def test_without_an_exporter_trace_ids_still_reach_logs_and_the_next_hop() -> None:
+    # No span processor: spans would be dropped, so none are recorded, but the ids still travel.
+    observability = Observability("gateway", tracer_provider=TracerProvider())
+    seen: dict[str, Any] = {}
+
+    async def downstream_call(request: Request, context: Any) -> Response:
+        seen["downstream"] = current_trace_fields()
+        metadata = dict(context.invocation_metadata() or ())
+        seen["traceparent"] = metadata.get("traceparent", "")
+        return Response(policy_name="ok")
+
+    def add(name: str, behaviour: Any) -> Any:
+        def add_to(server: grpc.aio.Server) -> None:
+            handler = grpc.unary_unary_rpc_method_handler(
+                behaviour,
+                request_deserializer=Request.FromString,
+                response_serializer=Response.SerializeToString,
+            )
+            server.add_generic_rpc_handlers(
+                [grpc.method_handlers_generic_handler(name, {"Call": handler})]
+            )
+
+        return add_to
+
+    downstream_server, downstream_port = await _serve(
+        observability, add("test.Downstream", downstream_call)
+    )
+    channel = grpc.aio.insecure_channel(
+        f"127.0.0.1:{downstream_port}", interceptors=observability.client_interceptors()
+    )
+    call_downstream = channel.unary_unary(
+        "/test.Downstream/Call",
+        request_serializer=Request.SerializeToString,
+        response_deserializer=Response.FromString,
+    )
+
+    async def relay_call(request: Request, context: Any) -> Response:
+        seen.setdefault("relay", []).append(current_trace_fields())
+        answer: Response = await call_downstream(request, timeout=5)
+        return answer
+
+    relay_server, relay_port = await _serve(observability, add("test.Relay", relay_call))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{relay_port}") as client:
+            call = client.unary_unary(
+                "/test.Relay/Call",
+                request_serializer=Request.SerializeToString,
+                response_deserializer=Response.FromString,
+            )
+            await call(Request(user_id="u1", k=1), timeout=5)
+            relay = seen["relay"][0]
+            assert len(relay["trace_id"]) == 32 and relay["trace_id"] != "0" * 32
+            # The next hop continues the trace, as a child of the relay's span.
+            assert seen["downstream"]["trace_id"] == relay["trace_id"]
+            assert seen["downstream"]["span_id"] != relay["span_id"]
+            assert seen["traceparent"].split("-")[1:3] == [relay["trace_id"], relay["span_id"]]
+            # A caller's trace is continued, with the caller's sampling decision.
+            parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+            await call(Request(user_id="u1", k=1), timeout=5, metadata=(("traceparent", parent),))
+            assert seen["relay"][1]["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+            assert seen["traceparent"].endswith("-01")
+    finally:
+        await channel.close()
+        await relay_server.stop(0)
+        await downstream_server.stop(0)

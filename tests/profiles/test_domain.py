@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import pytest
 
 from services.common.errors import InvalidArgument
 from services.profiles.profiles import (
+    BackgroundRefresh,
     HeadCache,
     category_mix,
     decode_page_token,
@@ -50,6 +52,52 @@ def test_head_cache_refreshes_on_change_and_age_but_not_more() -> None:
     assert cache.get(load).head == {"i1", "i0"}
     assert cache.get(load, force=True).cold_count == 0
     assert loads == 4
+
+
+def test_head_cache_refreshes_in_the_background_and_serves_the_previous_set_meanwhile() -> None:
+    clock = Clock()
+    counts = {f"i{n}": n for n in range(10)}
+    pending: list[Callable[[], None]] = []
+    inline_loads = 0
+
+    def inline() -> dict[str, int]:
+        nonlocal inline_loads
+        inline_loads += 1
+        return dict(counts)
+
+    background = BackgroundRefresh(load=lambda: dict(counts), run=pending.append)
+    cache = HeadCache(max_age_seconds=5.0, min_refresh_seconds=1.0, clock=clock)
+    assert cache.get(inline, background=background).head == {"i9", "i8"}  # first: inline
+    assert inline_loads == 1 and pending == []
+    counts["i0"] = 100
+    clock.now = 6.0  # due: the refresh is handed off, the caller keeps the previous set
+    assert cache.get(inline, background=background).head == {"i9", "i8"}
+    assert len(pending) == 1
+    assert cache.get(inline, background=background).head == {"i9", "i8"}
+    assert len(pending) == 1  # one refresh at a time
+    pending.pop()()
+    assert cache.get(inline, background=background).head == {"i0", "i9"}
+    assert inline_loads == 1
+    counts["i1"] = 200  # force (CatalogStats) still reads inline
+    assert cache.get(inline, force=True, background=background).head == {"i1", "i0"}
+    assert inline_loads == 2
+
+
+def test_a_failed_background_refresh_keeps_the_set_and_tries_again() -> None:
+    clock = Clock()
+    pending: list[Callable[[], None]] = []
+
+    def broken() -> dict[str, int]:
+        raise RuntimeError("store down")
+
+    cache = HeadCache(max_age_seconds=5.0, clock=clock)
+    assert cache.get(lambda: {"a": 5, "b": 0}).head == {"a"}
+    clock.now = 6.0
+    background = BackgroundRefresh(load=broken, run=pending.append)
+    assert cache.get(broken, background=background).head == {"a"}
+    pending.pop()()  # fails, logged; the lock is released
+    assert cache.get(broken, background=background).head == {"a"}
+    assert len(pending) == 1  # still due: handed off again
 
 
 def test_head_snapshot_counts_cold_items_and_the_head_threshold() -> None:
