@@ -16,11 +16,16 @@ class ExposureSettings:
     profiles_target: str = "127.0.0.1:50051"
     # The policy serving requests that name none (any name ListPolicies lists).
     default_policy: str = "tail_quota"
-    # tail_quota's min_tail_share when a request leaves it unset.
-    default_min_tail_share: float = 0.3
-    # Exploration slots added to requests that name no policy (capped at k).
+    # tail_quota's min_tail_share when a request leaves it unset. Measured offline on MovieLens
+    # (per-user time split, K=10, the ranking service's learned ranker): relevance NDCG@10 0.151;
+    # share 0.1 (one tail item by position 10) 0.146; 0.2 0.138; 0.3 0.130. 0.1 keeps the
+    # default within 5% of relevance-only accuracy.
+    default_min_tail_share: float = 0.1
+    # Exploration slots added to requests that name no policy (capped at k). One slot at
+    # position 9 (0-based, the last of a top 10) cost NDCG@10 0.0015 there (0.1455 -> 0.1440)
+    # and lifted coverage@10 from 0.126 to 0.157; at position 2 it cost 0.008.
     default_explore_slots: int = 1
-    default_explore_first_position: int = 2
+    default_explore_first_position: int = 9
     # Deadline of a GetItemStats call when the caller sets none (else a share of the caller's).
     profiles_timeout_seconds: float = 0.2
     client_tls_ca_file: Path | None = None

@@ -73,6 +73,8 @@ class RerankQuery:
     params: Mapping[str, object] = dataclasses.field(default_factory=dict)
     # None: the default exploration of the resolved policy (see the module docstring).
     explore: ExploreConfig | None = None
+    # With ``explore``: where its slots start; None = the service's configured default.
+    explore_first_position: int | None = None
     seed: int | None = None
     tail_propensity: float = 0.0
     category_mix: Mapping[str, float] = dataclasses.field(default_factory=dict)
@@ -113,6 +115,12 @@ class Reranker:
         defaults = self._defaults
         name = query.policy if query.policy is not None else defaults.policy
         explore = query.explore
+        if explore is not None:
+            first = query.explore_first_position
+            explore = dataclasses.replace(
+                explore,
+                first_position=defaults.explore_first_position if first is None else first,
+            )
         if explore is None:
             explore = (
                 ExploreConfig(

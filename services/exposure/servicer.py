@@ -9,7 +9,6 @@ from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.common.server import Context
 from services.exposure.policies import (
-    DEFAULT_EXPLORE_FIRST_POSITION,
     POLICY_VERSION,
     CandidateIn,
     ExploreConfig,
@@ -63,9 +62,9 @@ def _policy(spec: common_pb2.PolicySpec) -> tuple[str | None, dict[str, object]]
     return which, {field.name: value for field, value in params_message.ListFields()}
 
 
-def _explore(spec: common_pb2.PolicySpec) -> ExploreConfig | None:
+def _explore(spec: common_pb2.PolicySpec) -> tuple[ExploreConfig | None, int | None]:
     if not spec.HasField("explore"):
-        return None
+        return None, None
     explore = spec.explore
     unknown = _unknown(explore)
     if unknown:
@@ -75,12 +74,9 @@ def _explore(spec: common_pb2.PolicySpec) -> ExploreConfig | None:
             policy="explore",
             param=unknown[0],
         )
-    first = (
-        explore.first_position
-        if explore.HasField("first_position")
-        else DEFAULT_EXPLORE_FIRST_POSITION
-    )
-    return ExploreConfig(slots=explore.slots, first_position=first)
+    # Unset first_position: the service's configured default (resolved by the reranker).
+    first = explore.first_position if explore.HasField("first_position") else None
+    return ExploreConfig(slots=explore.slots), first
 
 
 def _candidate(candidate: common_pb2.Candidate) -> CandidateIn:
@@ -99,10 +95,11 @@ def query_from_proto(request: exposure_service_pb2.RerankRequest) -> RerankQuery
     policy: str | None = None
     params: dict[str, object] = {}
     explore: ExploreConfig | None = None
+    first_position: int | None = None
     seed: int | None = None
     if request.HasField("policy"):
         policy, params = _policy(request.policy)
-        explore = _explore(request.policy)
+        explore, first_position = _explore(request.policy)
         if request.policy.HasField("seed"):
             seed = request.policy.seed
     return RerankQuery(
@@ -110,6 +107,7 @@ def query_from_proto(request: exposure_service_pb2.RerankRequest) -> RerankQuery
         user_id=request.user_id,
         candidates=[_candidate(c) for c in request.candidates],
         k=request.k,
+        explore_first_position=first_position,
         policy=policy,
         params=params,
         explore=explore,

@@ -48,7 +48,11 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class LearnedRanker:
-    """``score = w . (x - mean) / scale + bias`` (a logit; higher is better)."""
+    """A logit (higher is better) over standardised features ``z = (x - mean) / scale``.
+
+    ``w . z + bias``, plus ``tanh(z H + hidden_bias) . hidden_out`` when a hidden layer exists
+    (a linear model with a small MLP beside it, for interactions such as tail x content).
+    """
 
     feature_names: tuple[str, ...]
     mean: FloatArray
@@ -57,12 +61,22 @@ class LearnedRanker:
     bias: float
     # What it was fitted on (reported, never used for scoring).
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    hidden_in: FloatArray | None = None  # (features, hidden)
+    hidden_bias: FloatArray | None = None
+    hidden_out: FloatArray | None = None
 
     def score(self, features: FloatArray) -> FloatArray:
         if features.shape[1] != self.weights.shape[0]:
             raise ValueError("feature count differs from the ranker's")
         centred = (features - self.mean) / self.scale
-        result: FloatArray = (centred @ self.weights + np.float32(self.bias)).astype(np.float32)
+        logit = centred @ self.weights + np.float32(self.bias)
+        if (
+            self.hidden_in is not None
+            and self.hidden_bias is not None
+            and self.hidden_out is not None
+        ):
+            logit = logit + np.tanh(centred @ self.hidden_in + self.hidden_bias) @ self.hidden_out
+        result: FloatArray = logit.astype(np.float32)
         return result
 
     def to_json(self) -> str:
@@ -75,6 +89,9 @@ class LearnedRanker:
                 "weights": [float(v) for v in self.weights],
                 "bias": float(self.bias),
                 "info": self.info,
+                "hidden_in": None if self.hidden_in is None else self.hidden_in.tolist(),
+                "hidden_bias": None if self.hidden_bias is None else self.hidden_bias.tolist(),
+                "hidden_out": None if self.hidden_out is None else self.hidden_out.tolist(),
             },
             indent=2,
         )
@@ -94,7 +111,14 @@ class LearnedRanker:
             np.asarray(data["weights"], dtype=np.float32),
             float(data["bias"]),
             dict(data.get("info", {})),
+            _optional(data.get("hidden_in")),
+            _optional(data.get("hidden_bias")),
+            _optional(data.get("hidden_out")),
         )
+
+
+def _optional(values: Any) -> FloatArray | None:
+    return None if values is None else np.asarray(values, dtype=np.float32)
 
 
 def fit_ranker(
@@ -103,10 +127,14 @@ def fit_ranker(
     l2: float = 1.0,
     feature_names: Sequence[str] = FEATURE_NAMES,
     max_iterations: int = 500,
+    hidden: int = 0,
+    seed: int = 20_261_128,
 ) -> LearnedRanker:
     """L2-regularised logistic regression of ``labels`` (0/1) on ``features``.
 
-    Raises ``ValueError`` when the labels are all one class (nothing to learn).
+    ``hidden`` > 0 adds a tanh layer of that width beside the linear part (initialised from
+    ``seed``: the same data gives the same model). Raises ``ValueError`` when the labels are all
+    one class (nothing to learn).
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
@@ -119,33 +147,53 @@ def fit_ranker(
     scale = x.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = (x - mean) / scale
-    n = float(x.shape[0])
+    n, f = float(x.shape[0]), x.shape[1]
+    h = max(hidden, 0)
+    # theta = [w (f), bias, H (f*h), hidden_bias (h), hidden_out (h)]
+    sizes = [f, 1, f * h, h, h]
+    cuts = np.cumsum(sizes)[:-1]
+
+    def unpack(theta: npt.NDArray[np.float64]) -> list[npt.NDArray[np.float64]]:
+        return list(np.split(theta, cuts))
 
     def loss(theta: npt.NDArray[np.float64]) -> tuple[float, npt.NDArray[np.float64]]:
-        w, b = theta[:-1], theta[-1]
-        logits = z @ w + b
-        # log(1 + e^t) - y t, stably; mean over rows plus the ridge penalty.
-        value = (
-            float(np.logaddexp(0.0, logits).sum() - y @ logits) / n + 0.5 * l2 * float(w @ w) / n
-        )
+        w, b, hin, hb, hout = unpack(theta)
+        logits = z @ w + b[0]
+        if h:
+            hin = hin.reshape(f, h)
+            act = np.tanh(z @ hin + hb)
+            logits = logits + act @ hout
+        # log(1 + e^t) - y t, stably; mean over rows plus the ridge penalty on weights.
+        penalty = float(w @ w) + (float((hin * hin).sum()) + float(hout @ hout) if h else 0.0)
+        value = float(np.logaddexp(0.0, logits).sum() - y @ logits) / n + 0.5 * l2 * penalty / n
         p = 0.5 * (1.0 + np.tanh(0.5 * logits))
-        residual = (p - y) / n
-        grad = np.concatenate([z.T @ residual + l2 * w / n, [residual.sum()]])
-        return value, grad
+        r = (p - y) / n
+        grads = [z.T @ r + l2 * w / n, np.array([r.sum()])]
+        if h:
+            g_out = act.T @ r + l2 * hout / n
+            g_pre = (r[:, None] * hout[None, :]) * (1.0 - act * act)
+            grads += [(z.T @ g_pre + l2 * hin / n).ravel(), g_pre.sum(axis=0), g_out]
+        else:
+            grads += [np.zeros(0), np.zeros(0), np.zeros(0)]
+        return value, np.concatenate(grads)
 
+    start = np.zeros(sum(sizes))
+    if h:
+        rng = np.random.default_rng(seed)
+        start[cuts[1] : cuts[2]] = rng.normal(0.0, 0.3 / np.sqrt(f), f * h)
+        start[cuts[3] :] = rng.normal(0.0, 0.1, h)
     result = scipy.optimize.minimize(
-        loss,
-        np.zeros(x.shape[1] + 1),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": max_iterations},
+        loss, start, jac=True, method="L-BFGS-B", options={"maxiter": max_iterations}
     )
-    theta = result.x
+    w, b, hin, hb, hout = unpack(result.x)
     return LearnedRanker(
         tuple(feature_names),
         mean.astype(np.float32),
         scale.astype(np.float32),
-        theta[:-1].astype(np.float32),
-        float(theta[-1]),
-        {"rows": int(x.shape[0]), "positives": positives, "l2": l2},
+        w.astype(np.float32),
+        float(b[0]),
+        {"rows": int(x.shape[0]), "positives": positives, "l2": l2, "hidden": h},
+        hin.reshape(f, h).astype(np.float32) if h else None,
+        hb.astype(np.float32) if h else None,
+        hout.astype(np.float32) if h else None,
     )

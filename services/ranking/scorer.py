@@ -10,11 +10,17 @@ Sources, each excluding the request's exclusions:
 - a short-term source: neighbours of the mean vector of the last few history items;
 - without any user signal: the most popular items and the most popular tail items.
 
-Blend per item by evidence: ``a_i = n_i / (n_i + kappa)`` with ``n_i`` the item's training
-interaction count, ``score = a_i * collab_norm + (1 - a_i) * content_norm``; each source is
-min-max normalised over the pool. A cold item's score is pure content; a head item's is mostly
-collaborative. ``content`` mixes similarity to the user vector with the max and mean similarity
-to the most recent history items (the features that carried an offline prototype).
+Scoring. With a learned ranker (``learned.py``, fitted by ``training.py`` with every TrainModel)
+the score is its logit over per-candidate features: the collaborative score (fold-in), cosine to
+the user vector, max and mean cosine to the most recent history items (LLM vectors and item
+factors), log popularity, tail / cold flags, the user's tail share and history length. Measured on
+MovieLens (per-user time split, K=10): NDCG@10 0.151 against ALS's 0.114; the similarity-to-
+recent-items features carried most of the gain (0.119 without the item-factor ones).
+
+Without a ranker (none trained yet, or no timestamps to split by) the fallback is the blend by
+evidence: ``a_i = n_i / (n_i + kappa)`` with ``n_i`` the item's training interaction count,
+``score = a_i * collab_norm + (1 - a_i) * content_norm``, each source min-max normalised over the
+pool. It puts cold items on the same scale as the best collaborative scores (NDCG@10 0.051 there).
 """
 
 from __future__ import annotations

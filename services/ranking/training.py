@@ -45,6 +45,8 @@ class RankerTrainingParams:
     # Candidates per training pool (the serving default).
     candidate_count: int = 100
     l2: float = 1.0
+    # Width of the ranker's tanh layer (0: logistic regression).
+    hidden: int = 0
     max_history: int = 1000
 
 
@@ -166,7 +168,7 @@ def train_ranker(
     features = np.vstack(feature_parts)
     targets = np.concatenate(label_parts)
     try:
-        ranker = fit_ranker(features, targets, l2=params.l2)
+        ranker = fit_ranker(features, targets, l2=params.l2, hidden=params.hidden)
     except ValueError as error:
         log.warning("learned ranker not fitted", extra={"fields": {"detail": str(error)}})
         return None

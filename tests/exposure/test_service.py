@@ -104,8 +104,9 @@ async def test_unset_policy_serves_the_default_with_an_explore_slot(exposure) ->
     assert answer.policy_name == "tail_quota"
     reasons = [i.reason for i in answer.items]
     assert reasons.count(common_pb2.REASON_EXPLORE) == 1
-    assert answer.items[2].reason == common_pb2.REASON_EXPLORE  # first_position defaults to 2
-    assert answer.items[2].is_tail
+    # first_position defaults to 9; a 5-item list moves the slot to its last position.
+    assert answer.items[4].reason == common_pb2.REASON_EXPLORE
+    assert answer.items[4].is_tail
     assert common_pb2.REASON_UNSPECIFIED not in reasons
     assert stats.calls == [["t1", "c1"]]  # explore reads only the cold/tail counters
     again = await stub.Rerank(request, timeout=5)
@@ -165,8 +166,8 @@ async def test_list_policies(exposure) -> None:
         "explore",
     }
     assert dict(policies["tail_xquad"].defaults) == {"lambda": "0.5", "personalized": "true"}
-    assert dict(policies["tail_quota"].defaults) == {"min_tail_share": "0.3"}
-    assert dict(policies["explore"].defaults) == {"slots": "1", "first_position": "2"}
+    assert dict(policies["tail_quota"].defaults) == {"min_tail_share": "0.1"}
+    assert dict(policies["explore"].defaults) == {"slots": "1", "first_position": "9"}
 
 
 async def test_configured_defaults_are_served_and_listed() -> None:
@@ -197,6 +198,26 @@ async def test_configured_defaults_are_served_and_listed() -> None:
     assert [i.item_id for i in plain.items] == ["h1", "h2", "h3", "t1", "c1"]
     # min_tail_share 0.6 (the configured default): 1 tail item in 2, 3 in 5.
     assert [i.item_id for i in quota.items] == ["h1", "t1", "h2", "c1", "h3"]
+
+
+async def test_explore_without_first_position_uses_the_configured_one() -> None:
+    settings = ExposureSettings(
+        default_policy="relevance", default_explore_slots=0, default_explore_first_position=3
+    )
+    running = await serve(settings, FakeStats())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = exposure_service_pb2_grpc.ExposureServiceStub(channel)
+            spec = Spec(
+                relevance=common_pb2.RelevancePolicy(), explore=common_pb2.ExploreSlots(slots=1)
+            )
+            answer = await stub.Rerank(
+                Request(request_id="r", candidates=pool(), k=5, policy=spec), timeout=5
+            )
+    finally:
+        await running.stop(0)
+    reasons = [item.reason for item in answer.items]
+    assert reasons.index(common_pb2.REASON_EXPLORE) == 3
 
 
 def test_bad_settings_fail_at_start_up() -> None:

@@ -168,8 +168,12 @@ class FakeInteractions:
     ) -> AsyncIterator[InteractionBatch]:
         for start in range(0, len(self.rows), self.page_size):
             chunk = self.rows[start : start + self.page_size]
+            # A user's rows are oldest first, so the row number serves as the time.
             yield InteractionBatch(
-                [r[0] for r in chunk], [r[1] for r in chunk], [r[2] for r in chunk]
+                [r[0] for r in chunk],
+                [r[1] for r in chunk],
+                [r[2] for r in chunk],
+                [float(start + n) for n in range(len(chunk))],
             )
 
 

@@ -191,7 +191,10 @@ async def test_train_model_serves_and_persists_a_collaborative_version(
     assert trained.collaborative_version
     assert trained.interaction_count == len(env.world.interactions())
     assert trained.user_count == len(env.world.users)
-    assert (tmp_path / "artifacts" / "collaborative" / trained.collaborative_version).is_dir()
+    folder = tmp_path / "artifacts" / "collaborative" / trained.collaborative_version
+    assert folder.is_dir()
+    # The interactions carry times: a learned ranker is fitted and stored with the model.
+    assert (folder / "ranker.json").is_file()
     status = await env.stub.GetRankingStatus(pb.GetRankingStatusRequest(), timeout=5)
     assert status.collaborative_version == trained.collaborative_version
     assert status.index_kind == "flat" and status.indexed_item_count == len(env.world.item_ids)

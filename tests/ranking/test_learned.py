@@ -1,0 +1,196 @@
+"""The learned ranker: fitting, training on a time split, artefact round trip, fallback."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from services.ranking.catalog import CatalogSnapshot, build_snapshot
+from services.ranking.collaborative import (
+    AlsParams,
+    ArtifactStore,
+    CollaborativeModel,
+    InteractionBatch,
+    train_als,
+)
+from services.ranking.index import IndexParams
+from services.ranking.learned import FEATURE_NAMES, LearnedRanker, fit_ranker
+from services.ranking.scorer import (
+    CollaborativeView,
+    HistoryItem,
+    RankQuery,
+    ScorerConfig,
+    blend,
+    candidate_pool,
+    rank,
+)
+from services.ranking.training import RankerTrainingParams, train_ranker
+from tests.ranking.synthetic import World, make_world
+
+ALS = AlsParams(factors=16, iterations=8)
+NO_RESERVES = ScorerConfig(min_tail_share=0.0, min_cold_share=0.0)
+
+
+def synthetic_rows(
+    seed: int = 3, n: int = 4000
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, len(FEATURE_NAMES))).astype(np.float32)
+    # Only content_recent_max carries the label.
+    column = FEATURE_NAMES.index("content_recent_max")
+    y = (x[:, column] + 0.3 * rng.standard_normal(n) > 1.0).astype(np.float64)
+    return x, y
+
+
+def test_fitting_is_deterministic() -> None:
+    x, y = synthetic_rows()
+    first, second = fit_ranker(x, y), fit_ranker(x, y)
+    assert np.array_equal(first.weights, second.weights)
+    assert first.bias == second.bias
+
+
+def test_a_predictive_feature_gets_the_largest_weight() -> None:
+    x, y = synthetic_rows()
+    ranker = fit_ranker(x, y)
+    column = FEATURE_NAMES.index("content_recent_max")
+    assert int(np.argmax(np.abs(ranker.weights))) == column
+    assert ranker.weights[column] > 0
+    scores = ranker.score(x)
+    assert scores[y == 1].mean() > scores[y == 0].mean()
+
+
+def test_the_hidden_layer_learns_an_interaction_and_round_trips() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3000, len(FEATURE_NAMES))).astype(np.float32)
+    y = (x[:, 0] * x[:, 1] > 0.3).astype(np.float64)  # no linear model separates this
+
+    def auc(scores: npt.NDArray[np.float32]) -> float:
+        ranks = np.empty(len(scores))
+        ranks[np.argsort(scores)] = np.arange(len(scores))
+        positive = y == 1
+        return float((ranks[positive].mean() - (positive.sum() - 1) / 2) / (~positive).sum())
+
+    linear, mlp = fit_ranker(x, y), fit_ranker(x, y, hidden=8)
+    assert auc(mlp.score(x)) > 0.9 > auc(linear.score(x))
+    again = LearnedRanker.from_json(mlp.to_json())
+    assert np.allclose(again.score(x), mlp.score(x))
+    assert np.array_equal(fit_ranker(x, y, hidden=8).weights, mlp.weights)
+
+
+def test_one_class_labels_are_rejected() -> None:
+    x, _ = synthetic_rows()
+    with pytest.raises(ValueError):
+        fit_ranker(x, np.zeros(x.shape[0]))
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return make_world()
+
+
+@pytest.fixture(scope="module")
+def snapshot(world: World) -> CatalogSnapshot:
+    return build_snapshot(world.items(), world.stats(), IndexParams())
+
+
+def timed_batch(world: World) -> InteractionBatch:
+    rows = [
+        (user, item, float(t))
+        for user, (_, items) in world.users.items()
+        for t, item in enumerate(items)
+    ]
+    return InteractionBatch(
+        [r[0] for r in rows], [r[1] for r in rows], [1.0] * len(rows), [r[2] for r in rows]
+    )
+
+
+@pytest.fixture(scope="module")
+def ranker(world: World, snapshot: CatalogSnapshot) -> LearnedRanker:
+    fitted = train_ranker(snapshot, [timed_batch(world)], ALS, ScorerConfig(), IndexParams())
+    assert fitted is not None
+    return fitted
+
+
+def test_training_on_the_time_split_is_deterministic(
+    world: World, snapshot: CatalogSnapshot, ranker: LearnedRanker
+) -> None:
+    again = train_ranker(snapshot, [timed_batch(world)], ALS, ScorerConfig(), IndexParams())
+    assert again is not None
+    assert np.array_equal(again.weights, ranker.weights)
+    assert ranker.info["users"] > 0 and ranker.info["positives"] > 0
+
+
+def test_no_timestamps_means_no_ranker(world: World, snapshot: CatalogSnapshot) -> None:
+    batch = dataclasses.replace(timed_batch(world), timestamps=None)
+    assert train_ranker(snapshot, [batch], ALS, ScorerConfig(), IndexParams()) is None
+
+
+def test_too_few_interactions_per_user_means_no_ranker(
+    world: World, snapshot: CatalogSnapshot
+) -> None:
+    params = RankerTrainingParams(min_interactions=1000)
+    batches = [timed_batch(world)]
+    assert train_ranker(snapshot, batches, ALS, ScorerConfig(), IndexParams(), params) is None
+
+
+def test_the_ranker_orders_the_candidates(
+    world: World, snapshot: CatalogSnapshot, ranker: LearnedRanker
+) -> None:
+    batch = timed_batch(world)
+    model = train_als([batch], ALS)
+    view = CollaborativeView.build(model, snapshot)
+    _, items = world.users["user-0003"]
+    query = RankQuery([HistoryItem(i) for i in reversed(items)], 30)
+    result = rank(snapshot, view, query, NO_RESERVES, ranker)
+    scores = [c.score for c in result.candidates]
+    assert len(scores) == 30
+    assert scores == sorted(scores, reverse=True)
+    pool = candidate_pool(snapshot, view, query, NO_RESERVES)
+    expected = ranker.score(pool.features)
+    assert scores[0] == pytest.approx(float(expected.max()))
+    assert not {c.item_id for c in result.candidates} & set(items)
+
+
+def test_the_ranker_is_stored_and_loaded_with_the_model(
+    tmp_path: Path, world: World, ranker: LearnedRanker
+) -> None:
+    model = train_als([timed_batch(world)], ALS, version="with-ranker")
+    model.ranker = ranker
+    store = ArtifactStore(tmp_path)
+    store.save(model)
+    loaded = store.load("with-ranker")
+    assert loaded.ranker is not None
+    x, _ = synthetic_rows(n=50)
+    assert np.allclose(loaded.ranker.score(x), ranker.score(x))
+
+
+def test_without_a_ranker_artefact_serving_falls_back_to_the_blend(
+    tmp_path: Path, world: World, snapshot: CatalogSnapshot
+) -> None:
+    model = train_als([timed_batch(world)], ALS, version="plain")
+    store = ArtifactStore(tmp_path)
+    store.save(model)
+    loaded: CollaborativeModel = store.load("plain")
+    assert loaded.ranker is None
+    view = CollaborativeView.build(loaded, snapshot)
+    _, items = world.users["user-0005"]
+    query = RankQuery([HistoryItem(i) for i in reversed(items)], 20)
+    result = rank(snapshot, view, query, NO_RESERVES, loaded.ranker)
+    pool = candidate_pool(snapshot, view, query, NO_RESERVES)
+    blended = blend(pool.content_norm, pool.collaborative_norm, pool.evidence, NO_RESERVES.kappa)
+    assert result.candidates[0].score == pytest.approx(float(blended.max()))
+
+
+def test_an_unreadable_ranker_artefact_is_ignored(
+    tmp_path: Path, world: World, ranker: LearnedRanker
+) -> None:
+    model = train_als([timed_batch(world)], ALS, version="broken")
+    model.ranker = ranker
+    store = ArtifactStore(tmp_path)
+    folder = store.save(model)
+    (folder / "ranker.json").write_text('{"format": 99}')
+    assert store.load("broken").ranker is None
