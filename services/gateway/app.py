@@ -45,6 +45,8 @@ async def build(settings: GatewaySettings) -> ServiceDefinition:
             pipeline_time_share=settings.pipeline_time_share,
             fallback_size=settings.fallback_size,
             title_cache_size=settings.title_cache_size,
+            ranking_timeout=settings.ranking_timeout_seconds,
+            exposure_timeout=settings.exposure_timeout_seconds,
         ),
         metrics,
     )

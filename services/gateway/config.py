@@ -20,6 +20,10 @@ class GatewaySettings:
     # Share of the remaining time that ranking and exposure may use; the rest is kept for the
     # fallback and the impression write.
     pipeline_time_share: float = 0.6
+    # Ceilings of the ranking and exposure hops (the caller's deadline usually binds first); past
+    # them the answer comes from the fallback.
+    ranking_timeout_seconds: float = 1.0
+    exposure_timeout_seconds: float = 0.5
     # How often the fallback list (popular + tail items) is refreshed from the store.
     fallback_refresh_seconds: float = 60.0
     # Items kept in the fallback list, half head and half tail.

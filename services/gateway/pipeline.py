@@ -65,6 +65,8 @@ class PipelineConfig:
     pipeline_time_share: float = 0.6
     fallback_size: int = 200
     title_cache_size: int = 200_000
+    ranking_timeout: float = RANKING_TIMEOUT
+    exposure_timeout: float = EXPOSURE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -315,7 +317,7 @@ class RecommendPipeline:
                     exclude_item_ids=sorted(exclude),
                     include_vectors=wants_vectors,
                 ),
-                deadline.timeout(RANKING_TIMEOUT, share * 0.7),
+                deadline.timeout(self._config.ranking_timeout, share * 0.7),
             )
             tail_propensity = getattr(profile, "tail_propensity", 0.0)
             category_mix = dict(getattr(profile, "category_mix", {}))
@@ -330,7 +332,7 @@ class RecommendPipeline:
             if request.HasField("policy"):
                 rerank.policy.CopyFrom(request.policy)
             reranked = await self._exposure.rerank(
-                rerank, deadline.timeout(EXPOSURE_TIMEOUT, share)
+                rerank, deadline.timeout(self._config.exposure_timeout, share)
             )
         except InvalidArgument:
             raise  # the caller's policy or parameters are wrong: say so, do not paper over it
