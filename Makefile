@@ -31,7 +31,11 @@ $(GEN)/.generated: $(PROTOS) $(VENV)/.installed
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
 	  $(PROTOS)
 	find $(GEN) -type d -exec touch {}/__init__.py \;
-	touch $(GEN)/py.typed $@
+	touch $(GEN)/py.typed
+	@# The editable install maps top-level packages found at install time: re-run it now that
+	@# the generated `longtail` package exists (a fresh clone has none before this step).
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
 
 NODE_CLIENT := clients/node
 # The Node client's packages, exactly as its package-lock.json says (npm registry).
