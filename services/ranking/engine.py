@@ -271,6 +271,9 @@ class RankingEngine:
             if not any(len(b.user_ids) for b in batches):
                 raise FailedPrecondition("NO_INTERACTIONS", "there are no interactions to train on")
             model = await asyncio.to_thread(train_als, batches, params)
+            # The ranker's features come from the served snapshot: pick up items indexed since
+            # the last reload first (else a catalogue indexed just before training is missed).
+            await self.refresh(deadline)
             state = self._state
             if self._ranker_params is not None and state is not None:
                 # Fitted against the snapshot being served: its vectors are the features'.

@@ -82,8 +82,16 @@ async def test_default_policy_gives_the_tail_a_share_with_reasons(running: Runni
     user = _active_user(running.data)
     answer = await running.client.recommend(user, 10)
     assert not answer.fallback
-    assert sum(item.is_tail for item in answer.items) >= 3
+    # The default (from the evaluation): tail_quota 0.1 plus one explore slot at the last place.
+    assert answer.policy_name == "tail_quota"
+    assert sum(item.is_tail for item in answer.items) >= 1
+    assert answer.items[9].reason == common_pb2.REASON_EXPLORE and answer.items[9].is_tail
     assert all(item.reason != common_pb2.REASON_UNSPECIFIED for item in answer.items)
+    # A larger quota holds at every prefix of the served list.
+    spec = policy_spec("tail_quota", {"min_tail_share": 0.3})
+    quota = await running.client.recommend(user, 10, policy=spec)
+    for p in range(1, 11):
+        assert sum(item.is_tail for item in quota.items[:p]) >= int(0.3 * p)
 
 
 async def test_cold_user_with_interests_gets_on_topic_items(running: Running) -> None:
