@@ -6,8 +6,8 @@ place where stub calls and upstream errors are translated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -60,6 +60,20 @@ class ExposurePort(Protocol):
     ) -> exposure_service_pb2.RerankResponse: ...
 
 
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+async def _call(
+    method: Callable[..., Awaitable[Resp]], request: Req, timeout: float, dependency: str
+) -> Resp:
+    """One outbound call; a failed call becomes the domain error for our own caller."""
+    try:
+        return await method(request, timeout=timeout)
+    except grpc.aio.AioRpcError as error:
+        raise from_upstream(error, dependency) from error
+
+
 class GrpcProfiles:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = profiles_service_pb2_grpc.ProfilesServiceStub(channel)
@@ -82,47 +96,32 @@ class GrpcProfiles:
         request = profiles_service_pb2.UpsertUsersRequest(
             users=[common_pb2.User(user_id=user_id, interests=interests)]
         )
-        try:
-            await self._stub.UpsertUsers(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
+        await _call(self._stub.UpsertUsers, request, timeout, "profiles")
 
     async def record_impressions(
         self, impressions: Sequence[common_pb2.Impression], timeout: float
     ) -> int:
         request = profiles_service_pb2.RecordImpressionsRequest(impressions=impressions)
-        try:
-            response = await self._stub.RecordImpressions(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
+        response = await _call(self._stub.RecordImpressions, request, timeout, "profiles")
         return response.recorded_count
 
     async def list_impressions(
         self, request_id: str, timeout: float
     ) -> list[common_pb2.Impression]:
         request = profiles_service_pb2.ListImpressionsRequest(request_id=request_id)
-        try:
-            response = await self._stub.ListImpressions(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
+        response = await _call(self._stub.ListImpressions, request, timeout, "profiles")
         return list(response.impressions)
 
     async def get_items(self, item_ids: Sequence[str], timeout: float) -> list[common_pb2.Item]:
         request = profiles_service_pb2.GetItemsRequest(item_ids=item_ids)
-        try:
-            response = await self._stub.GetItems(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
+        response = await _call(self._stub.GetItems, request, timeout, "profiles")
         return list(response.items)
 
     async def get_item_stats(
         self, item_ids: Sequence[str], timeout: float
     ) -> list[common_pb2.ItemStats]:
         request = profiles_service_pb2.GetItemStatsRequest(item_ids=item_ids)
-        try:
-            response = await self._stub.GetItemStats(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
+        response = await _call(self._stub.GetItemStats, request, timeout, "profiles")
         return list(response.stats)
 
     async def list_item_stats(
@@ -131,18 +130,12 @@ class GrpcProfiles:
         request = profiles_service_pb2.ListItemStatsRequest(
             page_size=page_size, page_token=page_token
         )
-        try:
-            response = await self._stub.ListItemStats(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
+        response = await _call(self._stub.ListItemStats, request, timeout, "profiles")
         return list(response.stats), response.next_page_token
 
     async def record_interaction(self, interaction: common_pb2.Interaction, timeout: float) -> bool:
         request = profiles_service_pb2.RecordInteractionsRequest(interactions=[interaction])
-        try:
-            response = await self._stub.RecordInteractions(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
+        response = await _call(self._stub.RecordInteractions, request, timeout, "profiles")
         return response.recorded_count > 0
 
 
@@ -153,10 +146,7 @@ class GrpcRanking:
     async def rank(
         self, request: ranking_service_pb2.RankCandidatesRequest, timeout: float
     ) -> ranking_service_pb2.RankCandidatesResponse:
-        try:
-            return await self._stub.RankCandidates(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "ranking") from error
+        return await _call(self._stub.RankCandidates, request, timeout, "ranking")
 
 
 class GrpcExposure:
@@ -166,7 +156,4 @@ class GrpcExposure:
     async def rerank(
         self, request: exposure_service_pb2.RerankRequest, timeout: float
     ) -> exposure_service_pb2.RerankResponse:
-        try:
-            return await self._stub.Rerank(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "exposure") from error
+        return await _call(self._stub.Rerank, request, timeout, "exposure")
