@@ -18,6 +18,19 @@ def missing(kind: str, reason: str) -> None:
     pytest.skip(reason)
 
 
+def require_triton() -> None:
+    """Skip-or-fail (``missing``) only when Triton is *absent*: the nvidia-pytriton distribution
+    with its ``tritonserver`` binary is not installed. Call it before starting anything that runs
+    Triton, and let every other start-up failure (a model that does not load, a port taken, a
+    service that crashes) raise: those are defects, never "Triton missing"."""
+    from services.embeddings.tritonserver import TritonDistribution, TritonStartError
+
+    try:
+        TritonDistribution.find()
+    except TritonStartError as error:
+        missing("triton", str(error))
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test session, dropped afterwards."""

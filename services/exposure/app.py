@@ -18,7 +18,12 @@ SERVICE_NAME = exposure_service_pb2.DESCRIPTOR.services_by_name["ExposureService
 
 def build_with(settings: ExposureSettings, stats: ExposureStatsSource) -> ServiceDefinition:
     """The service over any counters source (tests pass a fake)."""
-    reranker = Reranker(stats, settings.policy_defaults(), settings.profiles_timeout_seconds)
+    reranker = Reranker(
+        stats,
+        settings.policy_defaults(),
+        settings.profiles_timeout_seconds,
+        stats_required=settings.stats_required,
+    )
     return ServiceDefinition(
         name="exposure",
         servicers=[
@@ -40,7 +45,8 @@ async def build(settings: ExposureSettings) -> ServiceDefinition:
             timeout_seconds=settings.profiles_timeout_seconds,
         )
     )
-    definition = build_with(settings, ProfilesStatsSource(channel))
+    stats = ProfilesStatsSource(channel, cache_ttl_seconds=settings.stats_cache_seconds)
+    definition = build_with(settings, stats)
 
     async def close() -> None:
         await channel.close()

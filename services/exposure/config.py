@@ -28,10 +28,22 @@ class ExposureSettings:
     default_explore_first_position: int = 9
     # Deadline of a GetItemStats call when the caller sets none (else a share of the caller's).
     profiles_timeout_seconds: float = 0.2
+    # Exposure counters are served from memory this long after profiles answered (then refreshed
+    # in the background): a Rerank then misses the impressions of the last seconds. 0 reads them
+    # on every request, so that a list depends only on the requests served before it, never on
+    # timing (``longtail eval`` runs so; its lists are reproducible run to run).
+    stats_cache_seconds: float = 2.0
+    # false: counters that cannot be read in time count as zero and the Rerank still succeeds
+    # (serving never fails for them). true: the Rerank fails UNAVAILABLE (EXPOSURE_COUNTERS_
+    # UNAVAILABLE) and the gateway serves, and counts, its fallback instead of a list computed
+    # on counters that silently differ (``longtail eval`` runs so).
+    stats_required: bool = False
     client_tls_ca_file: Path | None = None
     client_auth_token: str | None = None
 
     def __post_init__(self) -> None:
+        if self.stats_cache_seconds < 0:
+            raise SettingsError("configuration error: stats_cache_seconds must be >= 0")
         self.policy_defaults()  # a bad default is a start-up error, not a per-request one
 
     def policy_defaults(self) -> PolicyDefaults:

@@ -6,7 +6,9 @@ Resolution of what serves a request:
 - a policy named: that policy, parameters the request leaves unset take the service's defaults
   for it, and no exploration unless the request asks for it.
 Counters are fetched only when the plan reads them (fair_exposure; explore with cold/tail
-candidates). When profiles cannot answer in time they count as zero, and the call still succeeds.
+candidates). When profiles cannot answer in time they count as zero, and the call still succeeds,
+unless the service requires its counters (``stats_required``): then the call fails UNAVAILABLE,
+so that no list is computed on counters that silently differ from the impression log.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 from collections.abc import Mapping, Sequence
 
 from services.common.deadlines import HasTimeRemaining, outbound_timeout
-from services.common.errors import DeadlineExceeded
+from services.common.errors import DeadlineExceeded, Unavailable
 from services.exposure.policies import (
     POLICY_VERSION,
     CandidateIn,
@@ -95,8 +97,10 @@ class Reranker:
         stats: ExposureStatsSource,
         defaults: PolicyDefaults | None = None,
         stats_timeout: float = 0.2,
+        stats_required: bool = False,
     ) -> None:
         self._stats = stats
+        self._stats_required = stats_required
         self._defaults = defaults or PolicyDefaults()
         self._stats_timeout = stats_timeout
 
@@ -163,6 +167,11 @@ class Reranker:
             timeout = outbound_timeout(deadline, self._stats_timeout, STATS_TIME_SHARE)
             return await self._stats.item_stats(ids, timeout)
         except (StatsUnavailable, DeadlineExceeded) as error:
+            if self._stats_required:
+                raise Unavailable(
+                    "EXPOSURE_COUNTERS_UNAVAILABLE",
+                    f"exposure counters could not be read: {error}",
+                ) from error
             # Degrade, never fail: the policy runs as if no item had been shown yet.
             log.warning(
                 "exposure counters unavailable; counting zero",

@@ -159,6 +159,11 @@ class ProfilesStatsSource:
             counts.update(fetched)
         return counts
 
+    async def wait_refreshed(self) -> None:
+        """Returns once no background refresh is pending (tests and orderly shutdown)."""
+        while self._refresher is not None and not self._refresher.done():
+            await asyncio.shield(self._refresher)
+
     def _schedule_refresh(self, ids: Sequence[str]) -> None:
         refreshing = self._refreshing
         self._to_refresh.update(dict.fromkeys(i for i in ids if i not in refreshing))

@@ -70,7 +70,13 @@ def test_outputs_hold_every_row_and_metric(tmp_path: Path) -> None:
     assert {f"{m}@{k}" for m in METRICS for k in (10, 20)} <= set(table[0])
     for name in ("tradeoff", "lorenz"):
         assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert markdown(rows, (10,)) == markdown(rows, (10,))
+    # Each row's cells hold that row's own values at that K, formatted, in METRICS order.
+    rendered = markdown(rows, (10,))
+    quota_line = next(line for line in rendered.splitlines() if "| min_tail_share=0.5 |" in line)
+    cells = [cell.strip() for cell in quota_line.strip("|").split("|")]
+    assert cells[:2] == ["gateway:tail_quota", "min_tail_share=0.5"]
+    assert float(cells[2 + METRICS.index("ndcg")]) == pytest.approx(0.5 + 0.01 * 10)
+    assert "### K = 20" not in rendered and "### K = 10" in rendered
 
 
 def test_cli_parses_eval_and_service_environment() -> None:

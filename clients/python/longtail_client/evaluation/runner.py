@@ -91,9 +91,13 @@ class EvalConfig:
         return self.settings if self.settings is not None else tuple(default_sweep(self.full))
 
 
-# The suite as the evaluation runs it: every history entry counts for the seen-item exclusion,
-# no background refresh swaps the state mid-run, one ALS thread (identical factors every run),
-# and the exposure counters get the time they need (a timeout would count them as zero).
+# The suite as the evaluation runs it, so that every served list depends only on the data, the
+# seed and the requests served before it, never on timing (two runs print identical numbers):
+# every history entry counts for the seen-item exclusion; no background refresh swaps the state
+# mid-run; one ALS thread (identical factors every run); exposure counters read on every request
+# (no time-based cache) and required: a read that fails makes the gateway serve, and count, its
+# fallback instead of a list computed on zero counters. Only these knobs differ from a served
+# suite; the policies, their defaults and the code path are the served ones.
 # The most history entries profiles returns (GetUserProfile's history_limit).
 GATEWAY_HISTORY_LIMIT = 1000
 SUITE_ENV: Mapping[str, Mapping[str, str]] = {
@@ -105,7 +109,11 @@ SUITE_ENV: Mapping[str, Mapping[str, str]] = {
         "LONGTAIL_GATEWAY_EXPOSURE_TIMEOUT_SECONDS": "10",
     },
     "ranking": {"LONGTAIL_RANKING_REFRESH_SECONDS": "0", "LONGTAIL_RANKING_ALS_THREADS": "1"},
-    "exposure": {"LONGTAIL_EXPOSURE_PROFILES_TIMEOUT_SECONDS": "1.0"},
+    "exposure": {
+        "LONGTAIL_EXPOSURE_PROFILES_TIMEOUT_SECONDS": "10",
+        "LONGTAIL_EXPOSURE_STATS_CACHE_SECONDS": "0",
+        "LONGTAIL_EXPOSURE_STATS_REQUIRED": "true",
+    },
 }
 
 
@@ -304,6 +312,11 @@ async def run_evaluation(
                 train_data = datasets.Dataset(dataset.items, dataset.users, list(parts.train))
                 await datasets.upload(
                     train_data, client.profiles, progress=config.progress, timeout=120.0
+                )
+                # Head/tail is cached in profiles and refreshed on a clock; force it now, after
+                # the last interaction, so that every later read sees the same complete set.
+                await client.profiles.GetCatalogStats(
+                    profiles_service_pb2.GetCatalogStatsRequest(), timeout=120.0
                 )
             with clock.phase("index"):
                 await index_catalogue(client.profiles, client.embeddings, progress=config.progress)
