@@ -74,16 +74,83 @@ def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
     return None
 
 
+# What a translated upstream error may carry back: its status travels in our trailers, which
+# gRPC caps (8 KiB by default), so a long upstream message or value must not make our own status
+# undeliverable. At these sizes the status details stay under 3 KiB, base64 included.
+MAX_UPSTREAM_MESSAGE_CHARS = 512
+MAX_UPSTREAM_METADATA_ENTRIES = 10
+MAX_UPSTREAM_METADATA_KEY_CHARS = 64
+MAX_UPSTREAM_METADATA_VALUE_CHARS = 128
+
+_KINDS: dict[grpc.StatusCode, type[ServiceError]] = {
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.CANCELLED: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+}
+# Reasons for failures that carry none of ours (connection refused, a deadline that expired on
+# the wire, another domain's error).
+_DEPENDENCY_REASONS = {
+    grpc.StatusCode.UNAVAILABLE: "DEPENDENCY_UNAVAILABLE",
+    grpc.StatusCode.CANCELLED: "DEPENDENCY_UNAVAILABLE",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DEPENDENCY_DEADLINE_EXCEEDED",
+    grpc.StatusCode.INVALID_ARGUMENT: "DEPENDENCY_REJECTED_ARGUMENT",
+    grpc.StatusCode.NOT_FOUND: "DEPENDENCY_NOT_FOUND",
+}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _upstream_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The upstream's ErrorInfo when it is one of ours (a reason means something only within its
+    domain, and ours is the one our callers know); None otherwise, or when undecodable."""
+    try:
+        info = error_info(error)
+    except Exception:  # malformed status details must not turn a dependency error into a crash
+        return None
+    if info is None or info.domain != DOMAIN or not info.reason:
+        return None
+    return info
+
+
 def from_upstream(error: grpc.aio.AioRpcError, dependency: str) -> ServiceError:
-    """Translate a failed outbound call into a domain error for our own caller."""
+    """Translate a failed outbound call into a domain error for our own caller.
+
+    The code follows the upstream's: UNAVAILABLE and CANCELLED become UNAVAILABLE;
+    DEADLINE_EXCEEDED, INVALID_ARGUMENT and NOT_FOUND stay; anything else is INTERNAL with the
+    upstream code in the metadata. The reason is the upstream's own when it sent one of ours
+    (``PARAMETER_OUT_OF_RANGE`` with the parameter's name, ``STORE_UNAVAILABLE``), with its
+    metadata: our caller acts on the cause, not on the hop that relayed it. Only a failure that
+    carries no reason of ours gets a ``DEPENDENCY_*`` reason. Either way ``dependency`` in the
+    metadata names the service we called (``ranking/profiles`` when that one had named its own).
+    """
     code = error.code()
-    message = f"{dependency}: {error.details()}"
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-        return Unavailable("DEPENDENCY_UNAVAILABLE", message, dependency=dependency)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded("DEPENDENCY_DEADLINE_EXCEEDED", message, dependency=dependency)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidArgument("DEPENDENCY_REJECTED_ARGUMENT", message, dependency=dependency)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return NotFound("DEPENDENCY_NOT_FOUND", message, dependency=dependency)
-    return ServiceError("DEPENDENCY_FAILED", message, dependency=dependency, code=code.name)
+    message = _clip(f"{dependency}: {error.details() or ''}", MAX_UPSTREAM_MESSAGE_CHARS)
+    upstream = _upstream_info(error)
+    metadata: dict[str, str] = {}
+    if upstream is None:
+        reason = _DEPENDENCY_REASONS.get(code, "DEPENDENCY_FAILED")
+        metadata["dependency"] = dependency
+    else:
+        reason = _clip(upstream.reason, MAX_UPSTREAM_METADATA_KEY_CHARS)
+        kept = sorted((k, v) for k, v in upstream.metadata.items() if k != "dependency")
+        for key, value in kept[:MAX_UPSTREAM_METADATA_ENTRIES]:
+            metadata[_clip(key, MAX_UPSTREAM_METADATA_KEY_CHARS)] = _clip(
+                value, MAX_UPSTREAM_METADATA_VALUE_CHARS
+            )
+        inner = upstream.metadata.get("dependency")
+        metadata["dependency"] = _clip(
+            f"{dependency}/{inner}" if inner else dependency, MAX_UPSTREAM_METADATA_VALUE_CHARS
+        )
+    kind = _KINDS.get(code)
+    if kind is None:
+        kind = ServiceError  # INTERNAL to our caller; the upstream's code stays visible
+        metadata["code"] = code.name
+    translated = kind(reason, message)
+    # Set, not passed as keywords: upstream keys such as "reason" or "message" must not clash
+    # with the constructor's parameters.
+    translated.metadata = metadata
+    return translated

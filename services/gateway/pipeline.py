@@ -67,6 +67,10 @@ class PipelineConfig:
     title_cache_size: int = 200_000
     ranking_timeout: float = RANKING_TIMEOUT
     exposure_timeout: float = EXPOSURE_TIMEOUT
+    # Ceilings of the store's reads and writes (not settings yet: the defaults serve; tests that
+    # run real stores on a loaded machine raise them so that only the caller's deadline binds).
+    profile_timeout: float = PROFILE_TIMEOUT
+    write_timeout: float = WRITE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,9 @@ class RecommendPipeline:
         request_id = request.request_id or uuid.uuid4().hex
 
         profile = await self._profiles.get_user_profile(
-            request.user_id, self._config.history_limit, deadline.timeout(PROFILE_TIMEOUT)
+            request.user_id,
+            self._config.history_limit,
+            deadline.timeout(self._config.profile_timeout),
         )
         history = list(profile.history) if profile is not None else []
         stored_interests = profile.interests if profile is not None else ""
@@ -223,7 +229,7 @@ class RecommendPipeline:
         if request.interests and request.interests != stored_interests:
             remember = asyncio.create_task(
                 self._profiles.upsert_user(
-                    request.user_id, request.interests, deadline.timeout(WRITE_TIMEOUT)
+                    request.user_id, request.interests, deadline.timeout(self._config.write_timeout)
                 )
             )
 
@@ -247,7 +253,7 @@ class RecommendPipeline:
             )
             for item in ranked
         ]
-        write_timeout = deadline.timeout(WRITE_TIMEOUT)
+        write_timeout = deadline.timeout(self._config.write_timeout)
         info_task = asyncio.create_task(
             self.items.lookup([item.item_id for item in ranked], write_timeout)
         )
@@ -316,6 +322,9 @@ class RecommendPipeline:
                     candidate_count=self._config.candidate_count,
                     exclude_item_ids=sorted(exclude),
                     include_vectors=wants_vectors,
+                    # Ranking drops history items unless told: include_seen needs both this and
+                    # the empty exclusion list above.
+                    include_history=request.include_seen,
                 ),
                 deadline.timeout(self._config.ranking_timeout, share * 0.7),
             )
@@ -341,11 +350,11 @@ class RecommendPipeline:
                 "serving fallback",
                 extra={"fields": {"reason": error.reason, "detail": error.message}},
             )
-            items = await self._fallback(request.k, exclude, request_id)
+            items = await self._fallback(request.k, exclude, request_id, deadline)
             return Choice(items, FALLBACK_POLICY, fallback_cause=error.reason)
         if not reranked.items and not candidates.candidates:
             # An empty pool (e.g. nothing indexed yet) is served from the fallback too.
-            items = await self._fallback(request.k, exclude, request_id)
+            items = await self._fallback(request.k, exclude, request_id, deadline)
             return Choice(items, FALLBACK_POLICY, fallback_cause="EMPTY_CANDIDATE_POOL")
         return Choice(
             list(reranked.items),
@@ -356,17 +365,18 @@ class RecommendPipeline:
         )
 
     async def _fallback(
-        self, k: int, exclude: set[str], request_id: str
+        self, k: int, exclude: set[str], request_id: str, deadline: Deadline
     ) -> list[common_pb2.RankedItem]:
         if not self.fallback.head and not self.fallback.tail:
-            await self.fallback.refresh(timeout=WRITE_TIMEOUT)
+            # Only before the background refresh has filled the list; within the caller's time.
+            await self.fallback.refresh(timeout=deadline.timeout(self._config.write_timeout))
         return self.fallback.items(k, exclude, request_id)
 
     async def _replay(
         self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline
     ) -> gateway_service_pb2.RecommendResponse | None:
         logged = await self._profiles.list_impressions(
-            request.request_id, deadline.timeout(PROFILE_TIMEOUT)
+            request.request_id, deadline.timeout(self._config.profile_timeout)
         )
         if not logged:
             return None
@@ -375,12 +385,12 @@ class RecommendPipeline:
                 "REQUEST_ID_REUSED", "request_id was already used for another user"
             )
         info = await self.items.lookup(
-            [i.item_id for i in logged], deadline.timeout(PROFILE_TIMEOUT)
+            [i.item_id for i in logged], deadline.timeout(self._config.profile_timeout)
         )
         stats = {
             s.item_id: s
             for s in await self._profiles.get_item_stats(
-                [i.item_id for i in logged], deadline.timeout(PROFILE_TIMEOUT)
+                [i.item_id for i in logged], deadline.timeout(self._config.profile_timeout)
             )
         }
         return gateway_service_pb2.RecommendResponse(
@@ -415,7 +425,7 @@ class RecommendPipeline:
         ):
             raise InvalidArgument("BAD_INTERACTION_KIND", "kind must be view/click/purchase/rating")
         logged = await self._profiles.list_impressions(
-            request.request_id, deadline.timeout(PROFILE_TIMEOUT)
+            request.request_id, deadline.timeout(self._config.profile_timeout)
         )
         served = next((i for i in logged if i.item_id == request.item_id), None)
         if served is None:
@@ -440,7 +450,7 @@ class RecommendPipeline:
             request_id=request.request_id,
         )
         recorded = await self._profiles.record_interaction(
-            interaction, deadline.timeout(WRITE_TIMEOUT)
+            interaction, deadline.timeout(self._config.write_timeout)
         )
         return gateway_service_pb2.FeedbackResponse(recorded=recorded)
 
@@ -450,14 +460,14 @@ class RecommendPipeline:
         if not request.request_id:
             raise InvalidArgument("EMPTY_REQUEST_ID", "request_id is required")
         logged = await self._profiles.list_impressions(
-            request.request_id, deadline.timeout(PROFILE_TIMEOUT)
+            request.request_id, deadline.timeout(self._config.profile_timeout)
         )
         if not logged:
             raise NotFound("REQUEST_NOT_FOUND", "nothing was served under that request_id")
         ids = [i.item_id for i in logged]
         info, stats_list = await asyncio.gather(
-            self.items.lookup(ids, deadline.timeout(PROFILE_TIMEOUT)),
-            self._profiles.get_item_stats(ids, deadline.timeout(PROFILE_TIMEOUT)),
+            self.items.lookup(ids, deadline.timeout(self._config.profile_timeout)),
+            self._profiles.get_item_stats(ids, deadline.timeout(self._config.profile_timeout)),
         )
         stats = {s.item_id: s for s in stats_list}
         return gateway_service_pb2.ExplainRecommendationResponse(

@@ -70,6 +70,7 @@ class RankRequest:
     candidate_count: int = 0
     exclude_item_ids: Sequence[str] = ()
     include_vectors: bool = False
+    include_history: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +349,7 @@ class RankingEngine:
             exclude_item_ids=request.exclude_item_ids,
             interests_vector=interests_vector,
             include_vectors=request.include_vectors,
+            include_history=request.include_history,
         )
         started = time.perf_counter()
         ranker = None if model is None else model.ranker

@@ -74,7 +74,8 @@ class ScorerConfig:
     # them, so that exposure policies have tail items to promote.
     min_tail_share: float = 0.3
     min_cold_share: float = 0.1
-    # History items are never returned (the request's exclusions always apply).
+    # History items are not returned unless a query sets ``include_history`` (the request's
+    # exclusions always apply).
     exclude_history: bool = True
 
 
@@ -94,6 +95,9 @@ class RankQuery:
     # Already in the catalogue's space (same encoder), for users without usable history.
     interests_vector: FloatArray | None = None
     include_vectors: bool = False
+    # The caller asked for already-seen items too (Recommend's include_seen): the history still
+    # builds the user vector, but its items may come back.
+    include_history: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,7 +331,7 @@ def candidate_pool(
     history_ranks = np.flatnonzero(in_catalogue)
 
     excluded = snapshot.rows_of(list(query.exclude_item_ids))
-    if config.exclude_history:
+    if config.exclude_history and not query.include_history:
         excluded = np.concatenate([excluded, history_rows])
     excluded = np.unique(excluded)
 

@@ -57,6 +57,7 @@ class RankingServicer(ranking_service_pb2_grpc.RankingServiceServicer):
                 candidate_count=request.candidate_count,
                 exclude_item_ids=list(request.exclude_item_ids),
                 include_vectors=request.include_vectors,
+                include_history=request.include_history,
             ),
             context,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from longtail.common.v1 import common_pb2
@@ -42,26 +43,31 @@ class FakeProfiles:
         self.interactions: dict[str, common_pb2.Interaction] = {}
         self.users: dict[str, str] = {}
         self.down = False
+        # Methods that fail with STORE_UNAVAILABLE while the others work (an outage that starts
+        # mid-request); a failing write stores nothing, as the real store's transaction does.
+        self.failing: set[str] = set()
+        self.calls: Counter[str] = Counter()
         self.impression_writes = 0
 
-    def _check(self) -> None:
-        if self.down:
+    def _check(self, method: str = "") -> None:
+        self.calls[method] += 1
+        if self.down or method in self.failing:
             raise Unavailable("STORE_UNAVAILABLE", "store is down")
 
     async def get_user_profile(
         self, user_id: str, history_limit: int, timeout: float
     ) -> profiles_service_pb2.UserProfile | None:
-        self._check()
+        self._check("get_user_profile")
         return self.profiles.get(user_id)
 
     async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None:
-        self._check()
+        self._check("upsert_user")
         self.users[user_id] = interests
 
     async def record_impressions(
         self, impressions: Sequence[common_pb2.Impression], timeout: float
     ) -> int:
-        self._check()
+        self._check("record_impressions")
         self.impression_writes += 1
         new = 0
         for impression in impressions:
@@ -74,30 +80,30 @@ class FakeProfiles:
     async def list_impressions(
         self, request_id: str, timeout: float
     ) -> list[common_pb2.Impression]:
-        self._check()
+        self._check("list_impressions")
         return sorted(
             (i for (r, _), i in self.impressions.items() if r == request_id),
             key=lambda i: i.position,
         )
 
     async def get_items(self, item_ids: Sequence[str], timeout: float) -> list[common_pb2.Item]:
-        self._check()
+        self._check("get_items")
         return [self.items[i] for i in item_ids if i in self.items]
 
     async def get_item_stats(
         self, item_ids: Sequence[str], timeout: float
     ) -> list[common_pb2.ItemStats]:
-        self._check()
+        self._check("get_item_stats")
         return [self.stats[i] for i in item_ids if i in self.stats]
 
     async def list_item_stats(
         self, page_size: int, page_token: str, timeout: float
     ) -> tuple[list[common_pb2.ItemStats], str]:
-        self._check()
+        self._check("list_item_stats")
         return list(self.stats.values()), ""
 
     async def record_interaction(self, interaction: common_pb2.Interaction, timeout: float) -> bool:
-        self._check()
+        self._check("record_interaction")
         if interaction.idempotency_key in self.interactions:
             return False
         self.interactions[interaction.idempotency_key] = interaction

@@ -65,10 +65,14 @@ async def test_known_user_gets_k_distinct_unseen_items_and_impressions(served) -
     assert not answer.fallback and answer.policy_name == "relevance"
 
 
-async def test_include_seen_passes_no_exclusions(served) -> None:
+async def test_include_seen_passes_no_exclusions_and_asks_for_history(served) -> None:
     suite, stub = served
+    await stub.Recommend(Request(user_id="u1", k=5), timeout=5)
+    assert suite.ranking.last is not None and not suite.ranking.last.include_history
     await stub.Recommend(Request(user_id="u1", k=5, include_seen=True), timeout=5)
     assert suite.ranking.last is not None and not suite.ranking.last.exclude_item_ids
+    # Ranking drops history items itself unless told not to (see test_real_services.py).
+    assert suite.ranking.last.include_history
 
 
 @pytest.mark.parametrize(
@@ -124,9 +128,40 @@ async def test_store_down_is_unavailable_and_writes_nothing(served) -> None:
     suite, stub = served
     suite.profiles.down = True
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.Recommend(Request(user_id="u1", k=5), timeout=5)
+        await stub.Recommend(Request(user_id="u1", k=5, request_id="r-down"), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "STORE_UNAVAILABLE"
+    assert suite.profiles.calls["record_impressions"] == 0
     assert suite.profiles.impressions == {}
+
+
+async def test_store_failing_the_impression_write_leaves_no_partial_log(served) -> None:
+    suite, stub = served
+    # The outage starts after the profile read: the list is chosen, then its write is refused.
+    suite.profiles.failing = {"record_impressions"}
+    request = Request(user_id="u1", k=5, request_id="r-outage")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Recommend(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "STORE_UNAVAILABLE"
+    assert suite.profiles.calls["get_user_profile"] == 1
+    assert suite.profiles.calls["record_impressions"] == 1  # the write was reached, and refused
+    assert await suite.profiles.list_impressions("r-outage", 1.0) == []
+
+    # The store is back: the retry finds nothing logged under its id, so it is served afresh
+    # (not replayed from a partial log) and logged whole, once.
+    suite.profiles.failing = set()
+    again = await stub.Recommend(request, timeout=5)
+    assert suite.profiles.calls["record_impressions"] == 2
+    assert not again.fallback and again.policy_name == "relevance"
+    logged = await suite.profiles.list_impressions("r-outage", 1.0)
+    assert [(i.position, i.item_id) for i in logged] == [
+        (item.position, item.item_id) for item in again.items
+    ]
+    assert [i.position for i in logged] == list(range(5))
+    assert len(suite.profiles.impressions) == 5
 
 
 async def test_replayed_request_id_logs_nothing_twice_and_answers_the_same(served) -> None:

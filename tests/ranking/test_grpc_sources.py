@@ -109,11 +109,14 @@ class FakeProfiles(profiles_service_pb2_grpc.ProfilesServiceServicer):
 
 
 class FakeEmbeddings(embeddings_service_pb2_grpc.EmbeddingsServiceServicer):
-    """A text embeds to the mean centroid of the categories it names; ``delay`` slows it."""
+    """A text embeds to the mean centroid of the categories it names; with ``hang`` set, EmbedTexts
+    accepts the call and answers only once ``release`` is set (the fixture sets it at teardown)."""
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.delay = 0.0
+        self.hang = False
+        self.release = asyncio.Event()
+        self.hung_calls = 0
 
     async def GetModelInfo(
         self, request: epb.GetModelInfoRequest, context: Context
@@ -128,7 +131,9 @@ class FakeEmbeddings(embeddings_service_pb2_grpc.EmbeddingsServiceServicer):
     async def EmbedTexts(
         self, request: epb.EmbedTextsRequest, context: Context
     ) -> epb.EmbedTextsResponse:
-        await asyncio.sleep(self.delay)
+        if self.hang:
+            self.hung_calls += 1
+            await self.release.wait()
         embeddings = []
         for text in request.texts:
             named = [c for c in CATEGORIES if c in text]
@@ -215,6 +220,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         channel,
         stub,
     )
+    embeddings.release.set()
     await channel.close()
     for server in [ranking, profiles_server, embeddings_server]:
         await server.stop(0)
@@ -245,11 +251,16 @@ async def test_interests_are_embedded_and_training_pages_interactions(stack: Sta
 
 async def test_slow_or_dead_embeddings_fall_back_within_the_callers_deadline(stack: Stack) -> None:
     request = rpb.RankCandidatesRequest(user_id="new", interests="chess", candidate_count=10)
-    stack.embeddings.delay = 3.0
-    reply = await stack.stub.RankCandidates(request, timeout=1.0)
+    stack.embeddings.hang = True
+    # The embeddings call gets min(embeddings_timeout_seconds = 2 s, half of what the caller has
+    # left); the caller allows 30 s, so about 28 s remain for the popularity-and-tail fallback
+    # after the encoder's 2 s. An answer at all (not DEADLINE_EXCEEDED) is the proof: the
+    # encoder never answers.
+    reply = await stack.stub.RankCandidates(request, timeout=30.0)
+    assert stack.embeddings.hung_calls == 1
     assert reply.user_vector_source == rpb.USER_VECTOR_SOURCE_NONE
     assert len(reply.candidates) == 10
     await stack.embeddings_server.stop(0)
-    reply = await stack.stub.RankCandidates(request, timeout=2.0)
+    reply = await stack.stub.RankCandidates(request, timeout=30.0)
     assert reply.user_vector_source == rpb.USER_VECTOR_SOURCE_NONE
     assert len(reply.candidates) == 10

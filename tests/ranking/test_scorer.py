@@ -184,6 +184,24 @@ def test_exclusions_are_honoured(
     assert {c.item_id for c in third.candidates} & {h.item_id for h in history}
 
 
+def test_a_query_can_ask_for_its_history_items_but_not_for_excluded_ones(
+    world: World, snapshot: CatalogSnapshot, view: CollaborativeView
+) -> None:
+    history = history_of(world, "user-0001")
+    history_ids = {h.item_id for h in history}
+    default = rank(snapshot, view, RankQuery(history, 100), CONFIG)
+    assert not {c.item_id for c in default.candidates} & history_ids
+    asked = rank(snapshot, view, RankQuery(history, 100, include_history=True), CONFIG)
+    returned = {c.item_id for c in asked.candidates} & history_ids
+    assert returned
+    # The request's own exclusions still apply to history items.
+    dropped = sorted(returned)[0]
+    query = RankQuery(history, 100, exclude_item_ids=[dropped], include_history=True)
+    again = rank(snapshot, view, query, CONFIG)
+    assert dropped not in {c.item_id for c in again.candidates}
+    assert {c.item_id for c in again.candidates} & history_ids
+
+
 def test_user_unseen_at_training_gets_collaborative_scores_by_fold_in(
     world: World, snapshot: CatalogSnapshot, view: CollaborativeView
 ) -> None:

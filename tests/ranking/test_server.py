@@ -111,6 +111,22 @@ async def test_history_user_gets_sorted_on_topic_candidates(env: Env) -> None:
     assert all(len(c.vector) == 0 for c in reply.candidates)
 
 
+async def test_include_history_returns_history_items_and_exclusions_still_apply(env: Env) -> None:
+    user = "user-0004"
+    _, seen = env.world.users[user]
+    request = pb.RankCandidatesRequest(user_id=user, history=history(env, user), candidate_count=40)
+    default = await env.stub.RankCandidates(request, timeout=5)
+    assert not {c.item_id for c in default.candidates} & set(seen)
+    request.include_history = True
+    asked = await env.stub.RankCandidates(request, timeout=5)
+    # The user vector is built from these very items: the most recent ones are the best matches.
+    assert asked.candidates[0].item_id in seen
+    request.exclude_item_ids.append(asked.candidates[0].item_id)
+    excluded = await env.stub.RankCandidates(request, timeout=5)
+    assert asked.candidates[0].item_id not in {c.item_id for c in excluded.candidates}
+    assert {c.item_id for c in excluded.candidates} & set(seen)
+
+
 @pytest.mark.parametrize("count", [-1, 1001])
 async def test_candidate_count_out_of_range_is_invalid(env: Env, count: int) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
