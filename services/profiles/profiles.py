@@ -85,6 +85,22 @@ def check_batch(entries: Sequence[object], what: str) -> None:
         )
 
 
+def check_text(value: str, what: str, index: int | None = None) -> None:
+    """Refuse NUL characters in any string bound for the store: PostgreSQL text and jsonb cannot
+    hold them (the driver raises) while SQLite stores them, so without this check one store
+    accepts what the other fails on with INTERNAL."""
+    if "\x00" in value:
+        where = "" if index is None else f" (entry {index})"
+        raise InvalidArgument(
+            "NUL_CHARACTER", f"{what} contains a NUL character{where}", index=index
+        )
+
+
+def check_texts(values: Iterable[str], what: str, index: int | None = None) -> None:
+    for value in values:
+        check_text(value, what, index)
+
+
 def check_id(value: str, reason: str, what: str, index: int | None = None) -> None:
     where = "" if index is None else f" (entry {index})"
     if not value:
@@ -93,6 +109,7 @@ def check_id(value: str, reason: str, what: str, index: int | None = None) -> No
         raise InvalidArgument(
             "ID_TOO_LONG", f"{what} is longer than {MAX_ID_LENGTH} characters{where}", index=index
         )
+    check_text(value, what, index)
 
 
 def check_page_size(page_size: int, limits: tuple[int, int]) -> int:
@@ -122,7 +139,12 @@ def decode_page_token(token: str, kind: str, fingerprint: str = "") -> str | int
         valid = payload["k"] == kind and payload["f"] == fingerprint
     except (binascii.Error, ValueError, KeyError, TypeError):
         valid = False
-    if not valid or not isinstance(after, (str, int)):
+    # A forged token could carry a NUL into a query; ours never do.
+    if (
+        not valid
+        or not isinstance(after, (str, int))
+        or (isinstance(after, str) and "\x00" in after)
+    ):
         raise InvalidArgument(
             "INVALID_PAGE_TOKEN", "page_token was not returned by this call with these filters"
         )
@@ -323,6 +345,9 @@ class Profiles:
         check_batch(items, "items")
         for index, item in enumerate(items):
             check_id(item.item_id, "EMPTY_ITEM_ID", "item_id", index)
+            check_texts((item.title, item.description), "title or description", index)
+            check_texts((*item.tags, *item.categories), "tags or categories", index)
+            check_texts((*item.attributes, *item.attributes.values()), "attributes", index)
         # Last one wins when an id repeats (ON CONFLICT cannot touch a row twice in a statement).
         unique = list({item.item_id: item for item in items}.values())
         vectors = [
@@ -360,6 +385,7 @@ class Profiles:
         self, page_size: int, page_token: str, filters: ItemFilter, include_vectors: bool
     ) -> Page[ItemRecord]:
         size = check_page_size(page_size, ITEMS_PAGE)
+        check_texts(dataclasses.astuple(filters), "model filters")
         fingerprint = hashlib.sha256(json.dumps(dataclasses.astuple(filters)).encode()).hexdigest()[
             :16
         ]
@@ -391,6 +417,12 @@ class Profiles:
                     f"vector of {update.item_id!r} needs model_name and model_version",
                     index=index,
                 )
+            # Stored in varchar(255) columns, which PostgreSQL enforces and SQLite does not.
+            if len(vector.model_name) > MAX_ID_LENGTH or len(vector.model_version) > MAX_ID_LENGTH:
+                raise InvalidArgument(
+                    "ID_TOO_LONG", "vector model name or version too long", index=index
+                )
+            check_texts((vector.model_name, vector.model_version), "vector model", index)
             if vector.values.size == 0:
                 raise InvalidArgument(
                     "EMPTY_VECTOR", f"vector of {update.item_id!r} is empty", index=index
@@ -447,6 +479,8 @@ class Profiles:
         check_batch(users, "users")
         for index, user in enumerate(users):
             check_id(user.user_id, "EMPTY_USER_ID", "user_id", index)
+            check_text(user.interests, "interests", index)
+            check_texts((*user.attributes, *user.attributes.values()), "attributes", index)
         unique = list({user.user_id: user for user in users}.values())
         if not unique:
             return 0
@@ -515,6 +549,7 @@ class Profiles:
                 )
             if len(record.request_id) > MAX_ID_LENGTH:
                 raise InvalidArgument("ID_TOO_LONG", "request_id is too long", index=index)
+            check_texts((record.idempotency_key, record.request_id), "key or request_id", index)
             key = record.idempotency_key or derive_idempotency_key(
                 record.user_id,
                 record.item_id,
@@ -613,6 +648,7 @@ class Profiles:
                 or len(record.policy_version) > MAX_ID_LENGTH
             ):
                 raise InvalidArgument("ID_TOO_LONG", "policy name or version too long", index=index)
+            check_texts((record.policy_name, record.policy_version), "policy", index)
             key = (record.request_id, record.position)
             if key in prepared:
                 duplicates += 1

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2 as pb
 from longtail.profiles.v1 import profiles_service_pb2_grpc
+from services.common.errors import InvalidArgument
 from services.profiles import records
 from services.profiles.profiles import Profiles
 
@@ -40,7 +41,12 @@ def _time_in(message: Any, field: str) -> dt.datetime | None:
     if not message.HasField(field):
         return None
     stamp: timestamp_pb2.Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=dt.UTC)
+    try:
+        return stamp.ToDatetime(tzinfo=dt.UTC)
+    except ValueError as error:  # outside 0001..9999 or bad nanos: bad input, not UNKNOWN
+        raise InvalidArgument(
+            "INVALID_TIMESTAMP", f"{field} is not a valid timestamp: {error}", field=field
+        ) from error
 
 
 def _time_out(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
