@@ -733,17 +733,14 @@ async def test_health_serving_then_not_serving_once_stop_begins(store_url: str) 
     service = await serve(store_url)
     health: Any = health_pb2_grpc.HealthStub(service.channel)
     try:
-        for _ in range(100):
-            answer = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
-            if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                break
-            await asyncio.sleep(0.05)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        # Watch streams every change: wait for SERVING as an event, not a guessed number of polls.
         watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
         first = await watch.read()
+        while first.status != health_pb2.HealthCheckResponse.SERVING:
+            first = await watch.read()
         assert first.status == health_pb2.HealthCheckResponse.SERVING
         stopping = asyncio.create_task(service.running.stop(grace=1.0))
-        after = await asyncio.wait_for(watch.read(), timeout=5)
+        after = await asyncio.wait_for(watch.read(), timeout=60)
         assert after.status == health_pb2.HealthCheckResponse.NOT_SERVING
         watch.cancel()
         await stopping
