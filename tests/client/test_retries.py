@@ -37,12 +37,14 @@ class ScriptedGateway(gateway_service_pb2_grpc.GatewayServiceServicer):
         self._failures = list(failures)
         # Per attempt, gRPC's count of earlier attempts of the same call ("" on the first).
         self.attempts: list[str] = []
+        self.request_ids: list[str] = []
 
     async def Recommend(
         self, request: gateway_service_pb2.RecommendRequest, context: Context
     ) -> gateway_service_pb2.RecommendResponse:
         previous = dict(context.invocation_metadata() or ()).get("grpc-previous-rpc-attempts", "")
         self.attempts.append(str(previous))
+        self.request_ids.append(request.request_id)
         if self._failures:
             raise self._failures.pop(0)
         return gateway_service_pb2.RecommendResponse(
@@ -117,3 +119,17 @@ async def test_invalid_argument_is_not_retried() -> None:
         info = error_info(caught.value)
         assert info is not None and info.reason == "K_OUT_OF_RANGE"
         assert servicer.attempts == [""]
+
+
+async def test_a_retried_recommend_without_request_id_carries_one_id_on_every_attempt() -> None:
+    # Without an id of the caller's, each attempt would be a new request to the gateway (a second
+    # list served and logged when the first attempt had got through); with the client's own id the
+    # gateway answers the retry from its impression log.
+    async with (
+        serve(unavailable(2)) as (servicer, target),
+        LongtailClient({"gateway": target}) as client,
+    ):
+        answer = await client.recommend("u1", k=3, timeout=DEADLINE)
+    assert len(servicer.request_ids) == 3
+    assert len(set(servicer.request_ids)) == 1 and servicer.request_ids[0]
+    assert answer.request_id == servicer.request_ids[0]

@@ -4,12 +4,16 @@
         answer = await client.recommend("u1", k=10, policy=policy_spec("tail_quota"))
 
 Every call carries a deadline (``timeout_seconds`` unless given); UNAVAILABLE is retried by the
-channel's service config (idempotent calls only: Recommend with a request_id is idempotent).
+channel's service config. Every call the client makes is idempotent, so a retry cannot double
+anything: ``recommend`` gives each call a request_id when the caller gives none (the gateway
+answers a repeated request_id from its impression log), Feedback counts once per served item and
+kind, and the rest only read.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +175,9 @@ class LongtailClient:
             user_id=user_id,
             k=k,
             interests=interests,
-            request_id=request_id,
+            # Ours when the caller gives none: a retried attempt then replays the logged list
+            # instead of serving, and logging, a second one.
+            request_id=request_id or uuid.uuid4().hex,
             include_seen=include_seen,
         )
         if policy is not None:
