@@ -5,11 +5,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 GEN := clients/python/longtail
 PROTOS := $(shell find protos -name '*.proto')
-# The PostgreSQL and Triton tests fail (never skip) unless told otherwise: make test REQUIRE_POSTGRES=0
+# The tests that need PostgreSQL, Triton, node/npm (the Node client) or openssl (TLS) fail, never
+# skip, when those are unusable, unless told otherwise, e.g. make test REQUIRE_POSTGRES=0; likewise
+# REQUIRE_TRITON=0, REQUIRE_NODE=0, REQUIRE_OPENSSL=0 (the tests are then reported as skipped).
 REQUIRE_POSTGRES ?= 1
 REQUIRE_TRITON ?= 1
+REQUIRE_NODE ?= 1
+REQUIRE_OPENSSL ?= 1
+# apt-get as root, else through sudo.
+APT_GET := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
 
-.PHONY: all setup protos lint format typecheck test test-fast run bench clean
+.PHONY: all setup tools protos lint format typecheck test test-fast run bench clean
 
 all: test
 
@@ -37,12 +43,19 @@ $(GEN)/.generated: $(PROTOS) $(VENV)/.installed
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# System tools, installed (Debian/Ubuntu packages) only when absent: node and npm build and test
+# the Node client; openssl makes the certificates of the TLS tests.
+tools:
+	@command -v openssl >/dev/null || ($(APT_GET) update && $(APT_GET) install -y openssl)
+	@(command -v node && command -v npm) >/dev/null || \
+	  ($(APT_GET) update && $(APT_GET) install -y nodejs npm)
+
 NODE_CLIENT := clients/node
 # The Node client's packages, exactly as its package-lock.json says (npm registry).
-$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json
+$(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json | tools
 	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund
 
-setup: $(GEN)/.generated $(NODE_CLIENT)/node_modules/.package-lock.json
+setup: tools $(GEN)/.generated $(NODE_CLIENT)/node_modules/.package-lock.json
 protos: $(GEN)/.generated
 
 format: setup
@@ -61,6 +74,7 @@ lint: setup
 
 test: lint
 	LONGTAIL_REQUIRE_POSTGRES=$(REQUIRE_POSTGRES) LONGTAIL_REQUIRE_TRITON=$(REQUIRE_TRITON) \
+	  LONGTAIL_REQUIRE_NODE=$(REQUIRE_NODE) LONGTAIL_REQUIRE_OPENSSL=$(REQUIRE_OPENSSL) \
 	  $(BIN)/pytest -q
 
 # Unit tests only: no Triton, no PostgreSQL.

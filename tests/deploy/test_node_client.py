@@ -3,6 +3,8 @@
 ``npm test`` builds the client (types generated from protos/, then tsc) and runs node's test
 runner: the wrapper tests against an in-process stand-in always, and the live tests when
 LONGTAIL_GATEWAY_TARGET names a running gateway, which the Triton test here provides.
+Without node and npm these tests fail when LONGTAIL_REQUIRE_NODE=1 (``make test`` sets it) and are
+skipped otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from longtail_client import datasets
 from longtail_client.suite import LocalSuite, SuiteConfig
 from services.common.channels import open_channel
 from services.common.settings import ClientSettings
-from tests.conftest import missing
+from tests.conftest import missing, require_triton
+from tests.e2e.suite_env import GENEROUS_ENV, START_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "clients" / "node"
@@ -78,12 +81,21 @@ async def gateway_user(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
     """A running suite (bearer token on) with a tiny catalogue indexed and trained."""
     from longtail_client.indexing import index_catalogue
 
-    suite = LocalSuite(SuiteConfig(workdir=tmp_path_factory.mktemp("suite"), auth_token=TOKEN))
+    require_triton()
+    config = SuiteConfig(
+        workdir=tmp_path_factory.mktemp("suite"),
+        auth_token=TOKEN,
+        # Generous hop ceilings: the Node test asserts the healthy (non-fallback) answer.
+        extra_env=GENEROUS_ENV,
+        start_timeout_seconds=START_TIMEOUT,
+    )
+    suite = LocalSuite(config)
+    # Past require_triton(), a suite that does not start is a defect: it raises, never skips.
     try:
         await suite.start()
-    except Exception as error:
+    except BaseException:
         await suite.stop()
-        missing("triton", f"the suite did not start: {error}")
+        raise
     channels = {
         name: open_channel(ClientSettings(suite.target(name), auth_token=TOKEN, timeout_seconds=60))
         for name in ("profiles", "embeddings", "ranking")

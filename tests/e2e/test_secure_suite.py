@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from longtail_client import datasets
 from longtail_client.client import LongtailClient
 from longtail_client.indexing import index_catalogue
 from longtail_client.suite import LocalSuite, SuiteConfig
-from tests.conftest import missing
+from tests.conftest import missing, require_triton
+from tests.e2e.suite_env import CALL_TIMEOUT, GENEROUS_ENV, START_TIMEOUT
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
@@ -22,6 +24,8 @@ TOKEN = "s3cret-token"
 
 
 def _self_signed(folder: Path) -> tuple[Path, Path]:
+    if shutil.which("openssl") is None:
+        missing("openssl", "openssl is not installed (make setup installs it)")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(
         [
@@ -49,6 +53,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 
 async def test_tls_and_token_on_every_service(tmp_path: Path) -> None:
+    require_triton()
     cert, key = _self_signed(tmp_path)
     config = SuiteConfig(
         workdir=tmp_path / "suite",
@@ -56,15 +61,15 @@ async def test_tls_and_token_on_every_service(tmp_path: Path) -> None:
         tls_cert_file=cert,
         tls_key_file=key,
         tls_ca_file=cert,
+        # Generous hop ceilings: the no-fallback assertion below must not depend on load.
+        extra_env=GENEROUS_ENV,
+        start_timeout_seconds=START_TIMEOUT,
     )
-    suite = LocalSuite(config)
-    try:
-        await suite.start()
-    except Exception as error:
-        await suite.stop()
-        missing("triton", f"the secured suite did not start: {error}")
-    try:
-        async with LongtailClient(suite.targets, token=TOKEN, tls_ca_file=cert) as client:
+    # Past require_triton(), a suite that does not start is a defect: it raises, never skips.
+    async with LocalSuite(config) as suite:
+        async with LongtailClient(
+            suite.targets, token=TOKEN, tls_ca_file=cert, timeout_seconds=CALL_TIMEOUT
+        ) as client:
             data = datasets.make_demo_catalogue(120, 30, seed=5)
             await datasets.upload(data, client.profiles, progress=False)
             await index_catalogue(client.profiles, client.embeddings, progress=False)
@@ -80,18 +85,17 @@ async def test_tls_and_token_on_every_service(tmp_path: Path) -> None:
         async with grpc.aio.secure_channel(suite.target("gateway"), credentials) as channel:
             stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Recommend(request, timeout=10)
+                await stub.Recommend(request, timeout=CALL_TIMEOUT)
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
             wrong = (("authorization", "Bearer wrong"),)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Recommend(request, timeout=10, metadata=wrong)
+                await stub.Recommend(request, timeout=CALL_TIMEOUT, metadata=wrong)
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        # A plaintext client cannot talk to a TLS server at all.
+        # A plaintext client cannot talk to a TLS server at all (a generous deadline: a hang
+        # would show as DEADLINE_EXCEEDED, not pass as UNAVAILABLE).
         async with grpc.aio.insecure_channel(suite.target("gateway")) as channel:
             stub = gateway_service_pb2_grpc.GatewayServiceStub(channel)
             token = (("authorization", f"Bearer {TOKEN}"),)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Recommend(request, timeout=5, metadata=token)
+                await stub.Recommend(request, timeout=CALL_TIMEOUT, metadata=token)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        await suite.stop()

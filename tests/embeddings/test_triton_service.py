@@ -18,7 +18,7 @@ from services.common.errors import error_info
 from services.common.server import RunningService
 from services.embeddings.triton import TritonEncoderClient
 from services.embeddings.tritonserver import TritonServer, free_ports
-from tests.conftest import missing
+from tests.conftest import require_triton
 from tests.embeddings.conftest import (
     Reference,
     serve_embeddings,
@@ -82,7 +82,7 @@ async def test_batch_larger_than_max_batch_size_is_split(
     embeddings: Service, reference: Reference
 ) -> None:
     _, stub = embeddings
-    info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
     texts = [
         f"catalogue item {i} with tags drama, {i % 13}" for i in range(info.max_batch_size * 2 + 5)
     ]
@@ -92,7 +92,7 @@ async def test_batch_larger_than_max_batch_size_is_split(
 
 async def test_model_info_and_limits(embeddings: Service, triton: TritonServer) -> None:
     _, stub = embeddings
-    info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
     assert info.ready
     assert (info.model_name, info.dimension, info.max_batch_size) == ("text_encoder", 384, 64)
     assert info.model_version == f"1-{triton.fingerprint}"
@@ -104,7 +104,7 @@ async def test_model_info_and_limits(embeddings: Service, triton: TritonServer) 
     ]
     for texts, reason in cases:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=10)
+            await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=60)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         detail = error_info(caught.value)
         assert detail is not None and detail.reason == reason
@@ -149,15 +149,15 @@ async def test_dead_triton_gives_unavailable_and_not_serving_then_recovers() -> 
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.EmbedTexts(pb.EmbedTextsRequest(texts=["Heat"]), timeout=30)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-            await wait_for_health(channel, serving=False, timeout=30)
-            info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+            await wait_for_health(channel, serving=False, timeout=120)
+            info = await stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
             assert not info.ready and info.model_name == "text_encoder"
 
             await asyncio.to_thread(server.start)
             assert server.grpc_port == grpc_port
             assert server.pid is not None
             pids.append(server.pid)
-            await wait_for_health(channel, serving=True, timeout=60)
+            await wait_for_health(channel, serving=True, timeout=120)
             after = vectors(await stub.EmbedTexts(pb.EmbedTextsRequest(texts=texts), timeout=60))
             np.testing.assert_allclose(after, before, atol=1e-6, rtol=0)
     finally:
@@ -173,6 +173,7 @@ async def test_dead_triton_gives_unavailable_and_not_serving_then_recovers() -> 
 
 async def test_standalone_launcher_prints_address_and_stops_on_sigterm() -> None:
     """``python -m services.embeddings.tritonserver``: serves, then SIGTERM leaves nothing."""
+    require_triton()  # past this, a launcher that does not start is a defect, never a skip
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -187,17 +188,17 @@ async def test_standalone_launcher_prints_address_and_stops_on_sigterm() -> None
         line = await asyncio.wait_for(process.stdout.readline(), timeout=320)
         if not line.startswith(b"TRITON_GRPC "):
             stderr = await process.stderr.read() if process.stderr else b""
-            missing("triton", f"launcher did not start: {line!r} {stderr[-2000:]!r}")
+            raise AssertionError(f"launcher did not start: {line!r} {stderr[-2000:]!r}")
         url = line.split()[1].decode()
         client = TritonEncoderClient(url)
         try:
-            assert await client.ready(timeout=5)
+            assert await client.ready(timeout=60)
         finally:
             await client.close()
         children = _children(process.pid)
         assert children, "tritonserver should run under the launcher"
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=60) == 0
+        assert await asyncio.wait_for(process.wait(), timeout=120) == 0
         assert all(_gone(pid) for pid in children)
     finally:
         if process.returncode is None:
