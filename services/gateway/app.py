@@ -43,6 +43,8 @@ def pipeline_config(settings: GatewaySettings) -> PipelineConfig:
         title_cache_size=settings.title_cache_size,
         ranking_timeout=settings.ranking_timeout_seconds,
         exposure_timeout=settings.exposure_timeout_seconds,
+        profile_timeout=settings.profile_timeout_seconds,
+        write_timeout=settings.write_timeout_seconds,
     )
 
 

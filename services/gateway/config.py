@@ -24,6 +24,11 @@ class GatewaySettings:
     # them the answer comes from the fallback.
     ranking_timeout_seconds: float = 1.0
     exposure_timeout_seconds: float = 0.5
+    # Ceilings of the profiles reads (profile, replay, item info) and writes (impressions,
+    # feedback, remembered interests); the caller's deadline usually binds first. A profiles
+    # failure fails the call (UNAVAILABLE): there is no fallback without the store.
+    profile_timeout_seconds: float = 1.0
+    write_timeout_seconds: float = 2.0
     # How often the fallback list (popular + tail items) is refreshed from the store.
     fallback_refresh_seconds: float = 60.0
     # Items kept in the fallback list, half head and half tail.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import missing
+from tests.conftest import require_triton
 
 ROOT = Path(__file__).resolve().parents[2]
 TRITON = ROOT / "deploy" / "triton"
@@ -76,17 +76,14 @@ def _get(url: str) -> bytes | None:
 
 @contextlib.contextmanager
 def _serve(tmp: Path, extra: list[str]) -> Iterator[dict[str, object]]:
-    try:
-        from services.embeddings.tritonserver import (
-            TritonDistribution,
-            free_ports,
-            server_environment,
-        )
+    from services.embeddings.tritonserver import (
+        TritonDistribution,
+        free_ports,
+        server_environment,
+    )
 
-        distribution = TritonDistribution.find()
-    except Exception as error:
-        missing("triton", f"no tritonserver binary: {error}")
-        raise
+    require_triton()  # absent Triton only; an import error or anything else fails loudly
+    distribution = TritonDistribution.find()
     backends = distribution.make_backends(tmp / "backends")
     http, grpc_port, metrics = free_ports(3)
     log = (tmp / "triton.log").open("wb")
