@@ -50,13 +50,31 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+# A status travels in trailers, which gRPC caps (8 KiB by default; 16 KiB of metadata on the
+# client): an echoed input (a 20,000-character id) must not make the error itself undeliverable
+# (RESOURCE_EXHAUSTED at the caller instead of our reason). Clipped here, the one place every
+# status is built; at these sizes the details stay under ~4 KiB, base64 included.
+MAX_STATUS_MESSAGE_CHARS = 1024
+MAX_STATUS_METADATA_ENTRIES = 16
+MAX_STATUS_METADATA_KEY_CHARS = 64
+MAX_STATUS_METADATA_VALUE_CHARS = 128
+
+
 def to_status(error: ServiceError) -> grpc.Status:
-    """The rich status (code, message, ErrorInfo detail) for a domain error."""
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
+    """The rich status (code, message, ErrorInfo detail) for a domain error, clipped to fit."""
+    metadata = {
+        _clip(key, MAX_STATUS_METADATA_KEY_CHARS): _clip(value, MAX_STATUS_METADATA_VALUE_CHARS)
+        for key, value in sorted(error.metadata.items())[:MAX_STATUS_METADATA_ENTRIES]
+    }
+    info = error_details_pb2.ErrorInfo(
+        reason=_clip(error.reason, MAX_STATUS_METADATA_KEY_CHARS), domain=DOMAIN, metadata=metadata
+    )
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(
-        code=getattr(code_pb2, error.code.name), message=error.message, details=[detail]
+        code=getattr(code_pb2, error.code.name),
+        message=_clip(error.message, MAX_STATUS_MESSAGE_CHARS),
+        details=[detail],
     )
     return rpc_status.to_status(status)
 
@@ -88,6 +106,8 @@ _KINDS: dict[grpc.StatusCode, type[ServiceError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
 }
 # Reasons for failures that carry none of ours (connection refused, a deadline that expired on
 # the wire, another domain's error).
@@ -97,6 +117,8 @@ _DEPENDENCY_REASONS = {
     grpc.StatusCode.DEADLINE_EXCEEDED: "DEPENDENCY_DEADLINE_EXCEEDED",
     grpc.StatusCode.INVALID_ARGUMENT: "DEPENDENCY_REJECTED_ARGUMENT",
     grpc.StatusCode.NOT_FOUND: "DEPENDENCY_NOT_FOUND",
+    grpc.StatusCode.ALREADY_EXISTS: "DEPENDENCY_CONFLICT",
+    grpc.StatusCode.FAILED_PRECONDITION: "DEPENDENCY_FAILED_PRECONDITION",
 }
 
 
@@ -120,12 +142,13 @@ def from_upstream(error: grpc.aio.AioRpcError, dependency: str) -> ServiceError:
     """Translate a failed outbound call into a domain error for our own caller.
 
     The code follows the upstream's: UNAVAILABLE and CANCELLED become UNAVAILABLE;
-    DEADLINE_EXCEEDED, INVALID_ARGUMENT and NOT_FOUND stay; anything else is INTERNAL with the
-    upstream code in the metadata. The reason is the upstream's own when it sent one of ours
-    (``PARAMETER_OUT_OF_RANGE`` with the parameter's name, ``STORE_UNAVAILABLE``), with its
-    metadata: our caller acts on the cause, not on the hop that relayed it. Only a failure that
-    carries no reason of ours gets a ``DEPENDENCY_*`` reason. Either way ``dependency`` in the
-    metadata names the service we called (``ranking/profiles`` when that one had named its own).
+    DEADLINE_EXCEEDED, INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS and FAILED_PRECONDITION stay;
+    anything else is INTERNAL with the upstream code in the metadata. The reason is the
+    upstream's own when it sent one of ours (``PARAMETER_OUT_OF_RANGE`` with the parameter's
+    name, ``STORE_UNAVAILABLE``), with its metadata: our caller acts on the cause, not on the hop
+    that relayed it. Only a failure that carries no reason of ours gets a ``DEPENDENCY_*``
+    reason. Either way ``dependency`` in the metadata names the service we called
+    (``ranking/profiles`` when that one had named its own).
     """
     code = error.code()
     message = _clip(f"{dependency}: {error.details() or ''}", MAX_UPSTREAM_MESSAGE_CHARS)

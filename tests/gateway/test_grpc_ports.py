@@ -255,11 +255,27 @@ async def test_without_a_reason_of_ours_the_dependency_reason_is_used(
 
 
 async def test_other_codes_stay_internal_with_the_upstream_code_and_reason(served: Served) -> None:
-    info = error_details_pb2.ErrorInfo(reason="NO_INTERACTIONS", domain=DOMAIN)
-    error = await rank_error(served, crafted(grpc.StatusCode.FAILED_PRECONDITION, "none", info))
+    info = error_details_pb2.ErrorInfo(reason="QUOTA_SPENT", domain=DOMAIN)
+    error = await rank_error(served, crafted(grpc.StatusCode.RESOURCE_EXHAUSTED, "none", info))
     assert error.code == grpc.StatusCode.INTERNAL
-    assert error.reason == "NO_INTERACTIONS"
-    assert error.metadata == {"dependency": "ranking", "code": "FAILED_PRECONDITION"}
+    assert error.reason == "QUOTA_SPENT"
+    assert error.metadata == {"dependency": "ranking", "code": "RESOURCE_EXHAUSTED"}
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (grpc.StatusCode.FAILED_PRECONDITION, "NO_INTERACTIONS"),
+        (grpc.StatusCode.ALREADY_EXISTS, "REQUEST_ID_CONFLICT"),
+    ],
+)
+async def test_conflicts_and_preconditions_keep_their_code_and_reason(
+    served: Served, code: grpc.StatusCode, reason: str
+) -> None:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN)
+    error = await rank_error(served, crafted(code, "no", info))
+    assert (error.code, error.reason) == (code, reason)
+    assert error.metadata == {"dependency": "ranking"}
 
 
 async def test_a_large_upstream_error_is_clipped_to_fit_our_trailers(served: Served) -> None:
