@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -22,7 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from services.common.errors import ServiceError, from_upstream, to_status
+from services.common.errors import InvalidArgument, ServiceError, from_upstream, to_status
 from services.common.logging import REQUEST_ID_HEADER, configure_logging, request_id_var
 from services.common.observability import Observability, ObservabilitySettings
 from services.common.settings import ServerSettings, SettingsError, env_name, load_settings
@@ -65,8 +66,136 @@ def _metadata_value(context: Context, key: str) -> str:
     return ""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Undecodable:
+    """What a request deserializer yields for bytes it cannot parse (invalid UTF-8 in a string
+    field, a truncated varint, random bytes): the behaviour then answers INVALID_ARGUMENT with
+    ``MALFORMED_REQUEST`` instead of gRPC's own UNKNOWN "Unexpected DecodeError", logged at ERROR
+    with a traceback, which a client could trigger at will."""
+
+    error: str
+
+
+MALFORMED_REQUEST = "MALFORMED_REQUEST"
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # any bytes that do not parse are the caller's fault
+            return _Undecodable(f"{type(error).__name__}: {error}")
+
+    return decode
+
+
+def _malformed(method: str, request: _Undecodable) -> InvalidArgument:
+    return InvalidArgument(
+        MALFORMED_REQUEST,
+        f"the request message could not be decoded ({request.error})",
+        method=method,
+    )
+
+
+def _log_failure(method: str, error: ServiceError) -> None:
+    log.info(
+        "call failed",
+        extra={
+            "fields": {
+                "method": method,
+                "code": error.code.name,
+                "reason": error.reason,
+                "detail": error.message,
+            }
+        },
+    )
+
+
+async def _abort_malformed(context: Context, method: str, request: _Undecodable) -> None:
+    error = _malformed(method, request)
+    _log_failure(method, error)
+    await context.abort_with_status(to_status(error))
+
+
+def _guard_streaming(
+    handler: grpc.RpcMethodHandler[Any, Any], method: str
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A streaming handler (health Watch, reflection) whose undecodable requests are refused
+    with INVALID_ARGUMENT / MALFORMED_REQUEST; the behaviour is otherwise unchanged. Handlers
+    of a kind this cannot wrap faithfully (synchronous generators) are returned as they are."""
+    if handler.request_deserializer is None:
+        return handler
+    decode = _tolerant(handler.request_deserializer)
+    serialize = handler.response_serializer
+
+    async def checked(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                await _abort_malformed(context, method, request)
+            yield request
+
+    if handler.unary_stream is not None:
+        unary_stream: Any = handler.unary_stream
+        if inspect.isasyncgenfunction(unary_stream):
+
+            async def unary_stream_generator(request: Any, context: Context) -> AsyncIterator[Any]:
+                if isinstance(request, _Undecodable):
+                    await _abort_malformed(context, method, request)
+                async for response in unary_stream(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream_generator, request_deserializer=decode, response_serializer=serialize
+            )
+        if inspect.iscoroutinefunction(unary_stream):
+
+            async def unary_stream_writer(request: Any, context: Context) -> None:
+                if isinstance(request, _Undecodable):
+                    await _abort_malformed(context, method, request)
+                await unary_stream(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream_writer, request_deserializer=decode, response_serializer=serialize
+            )
+        return handler
+    if handler.stream_stream is not None:
+        stream_stream: Any = handler.stream_stream
+        if inspect.isasyncgenfunction(stream_stream):
+
+            async def stream_stream_generator(
+                requests: AsyncIterator[Any], context: Context
+            ) -> AsyncIterator[Any]:
+                async for response in stream_stream(checked(requests, context), context):
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream_generator, request_deserializer=decode, response_serializer=serialize
+            )
+        if inspect.iscoroutinefunction(stream_stream):
+
+            async def stream_stream_writer(requests: AsyncIterator[Any], context: Context) -> None:
+                await stream_stream(checked(requests, context), context)
+
+            return grpc.stream_stream_rpc_method_handler(
+                stream_stream_writer, request_deserializer=decode, response_serializer=serialize
+            )
+        return handler
+    if handler.stream_unary is not None and inspect.iscoroutinefunction(handler.stream_unary):
+        stream_unary: Any = handler.stream_unary
+
+        async def stream_unary_behaviour(requests: AsyncIterator[Any], context: Context) -> Any:
+            return await stream_unary(checked(requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary_behaviour, request_deserializer=decode, response_serializer=serialize
+        )
+    return handler
+
+
 class _ErrorAndContextInterceptor(grpc.aio.ServerInterceptor):
-    """Maps domain errors to statuses (one place), binds the request id, checks the token."""
+    """Maps domain errors to statuses (one place), binds the request id, checks the token, and
+    refuses undecodable request bytes with INVALID_ARGUMENT / ``MALFORMED_REQUEST`` (streaming
+    methods too: health Watch, reflection)."""
 
     def __init__(self, auth_token: str | None) -> None:
         self._auth_token = auth_token
@@ -79,9 +208,11 @@ class _ErrorAndContextInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method: str = handler_call_details.method
+        if handler.unary_unary is None:
+            return _guard_streaming(handler, method)
         inner = handler.unary_unary
         needs_token = self._auth_token is not None and not method.startswith(_OPEN_METHOD_PREFIXES)
         expected = f"Bearer {self._auth_token}"
@@ -91,19 +222,11 @@ class _ErrorAndContextInterceptor(grpc.aio.ServerInterceptor):
             try:
                 if needs_token and _metadata_value(context, "authorization") != expected:
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or bad token")
+                if isinstance(request, _Undecodable):
+                    raise _malformed(method, request)
                 return await inner(request, context)  # type: ignore[arg-type]
             except ServiceError as error:
-                log.info(
-                    "call failed",
-                    extra={
-                        "fields": {
-                            "method": method,
-                            "code": error.code.name,
-                            "reason": error.reason,
-                            "detail": error.message,
-                        }
-                    },
-                )
+                _log_failure(method, error)
                 await context.abort_with_status(to_status(error))
             except grpc.aio.AioRpcError as error:
                 mapped = from_upstream(error, dependency=method)
@@ -111,9 +234,10 @@ class _ErrorAndContextInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 request_id_var.reset(token)
 
+        deserializer = handler.request_deserializer
         return grpc.unary_unary_rpc_method_handler(
             behaviour,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None if deserializer is None else _tolerant(deserializer),
             response_serializer=handler.response_serializer,
         )
 
