@@ -9,7 +9,8 @@ so that several servers can live in one test process:
   than OK) and ``longtail_rpc_server_in_flight{service,method}``.
 - Domain metrics an operator of a long-tail recommender watches (``RecommenderMetrics``, fed by
   the gateway): items served by policy and reason, tail and cold items served, fallback answers,
-  impressions written, and the exposure Gini / coverage over a rolling window (``ExposureWindow``).
+  degraded answers by cause, impressions written, and the exposure Gini / coverage over a
+  rolling window (``ExposureWindow``).
 - ``start_metrics_server`` serves one or more registries on ``GET /metrics``.
 
 Tracing (OpenTelemetry API + SDK): the same interceptor opens a SERVER span per call, continuing
@@ -546,6 +547,8 @@ class RecommendAnswer(Protocol):
     @property
     def fallback(self) -> bool: ...
     @property
+    def degraded_causes(self) -> Sequence[str]: ...
+    @property
     def items(self) -> Sequence[ServedItem]: ...
 
 
@@ -575,6 +578,13 @@ class RecommenderMetrics:
         self.fallbacks = PromCounter(
             "longtail_fallback_responses_total",
             "Recommend answers served from the fallback list, by the dependency that failed.",
+            ["cause"],
+            registry=r,
+        )
+        self.degraded = PromCounter(
+            "longtail_degraded_responses_total",
+            "Recommend answers of lower quality than normal, once per cause each names "
+            "(FALLBACK; INTERESTS_NOT_EMBEDDED, ...).",
             ["cause"],
             registry=r,
         )
@@ -634,6 +644,8 @@ class RecommenderMetrics:
         self.responses.labels(policy, "true" if answer.fallback else "false").inc()
         if answer.fallback:
             self.fallbacks.labels(fallback_cause or "unknown").inc()
+        for cause in dict.fromkeys(answer.degraded_causes):
+            self.degraded.labels(cause).inc()
         tail = cold = 0
         for item in answer.items:
             self.items_served.labels(policy, reason_name(item.reason)).inc()

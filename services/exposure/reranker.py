@@ -2,9 +2,16 @@
 
 Resolution of what serves a request:
 - no policy named: the service's default policy with its configured parameters, plus the default
-  exploration slots (capped at k) unless the request sets its own ``explore``;
+  exploration slots unless the request sets its own ``explore``. The default slots apply only
+  where they fall inside the list at their configured position (the one evaluated offline):
+  ``min(default_slots, max(0, n - first_position))`` with ``n`` the list's length (k, or fewer
+  when the pool is smaller). With the served defaults (1 slot at position 9) a list of up to 9
+  items gets no default exploration and a top 10 one slot at position 9; never does a short
+  list become mostly exploration (k = 1 used to be a single explored item);
 - a policy named: that policy, parameters the request leaves unset take the service's defaults
-  for it, and no exploration unless the request asks for it.
+  for it, and no exploration unless the request asks for it;
+- ``explore`` asked for explicitly (with or without a policy): those slots, from the asked or the
+  configured first position, capped at k; a list too short for that position moves them forward.
 Counters are fetched only when the plan reads them (fair_exposure; explore with cold/tail
 candidates). When profiles cannot answer in time they count as zero, and the call still succeeds,
 unless the service requires its counters (``stats_required``): then the call fails UNAVAILABLE,
@@ -53,7 +60,8 @@ class PolicyDefaults:
     # Policy name -> parameter (wire name) -> value, overriding the registry's defaults.
     params: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
     explore_slots: int = 1
-    explore_first_position: int = 2
+    # As the served default (ExposureSettings.default_explore_first_position): the last of a top 10.
+    explore_first_position: int = 9
 
     def __post_init__(self) -> None:
         """Raises InvalidArgument (caught at start-up) when a default is unusable."""
@@ -63,6 +71,14 @@ class PolicyDefaults:
         ExploreConfig(self.explore_slots, self.explore_first_position).validate(
             max(self.explore_slots, 0)
         )
+
+
+def default_explore(defaults: PolicyDefaults, length: int) -> ExploreConfig:
+    """The default exploration of a list of ``length`` items that names no policy: only the slots
+    that fall inside the list at the configured position, ``min(slots, max(0, length - first))``.
+    """
+    first = defaults.explore_first_position
+    return ExploreConfig(min(defaults.explore_slots, max(0, length - first)), first)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,9 +143,7 @@ class Reranker:
             )
         if explore is None:
             explore = (
-                ExploreConfig(
-                    min(defaults.explore_slots, max(query.k, 0)), defaults.explore_first_position
-                )
+                default_explore(defaults, min(query.k, len(query.candidates)))
                 if query.policy is None
                 else ExploreConfig(0)
             )

@@ -4,7 +4,14 @@ Every hop runs under a deadline derived from the caller's. When ranking or expos
 slow, broken), the answer comes from the fallback list (popular items mixed with tail items,
 reason FALLBACK); when the store fails, the call fails with UNAVAILABLE and nothing is logged.
 Impressions are written before the answer returns, idempotently by (request_id, position): a retried
-request_id is answered from the log and writes nothing twice.
+request_id is answered from the log and writes nothing twice. When the store refuses the write
+because the request_id already holds another list (a concurrent request under the same id claimed
+it first), the call fails with ALREADY_EXISTS (REQUEST_ID_CONFLICT): only a list that is in the
+log is ever answered.
+
+An answer of lower quality than normal is marked ``degraded`` with its causes: every fallback
+answer (FALLBACK, besides ``fallback``), and a ranked answer whose candidates ranking reported as
+degraded (its ``degraded_causes``, e.g. INTERESTS_NOT_EMBEDDED when embeddings or Triton failed).
 """
 
 from __future__ import annotations
@@ -24,7 +31,13 @@ from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2
 from longtail.gateway.v1 import gateway_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError
+from services.common.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+)
 from services.common.observability import RecommenderMetrics
 from services.gateway.ports import ExposurePort, ProfilesPort, RankingPort
 
@@ -32,8 +45,13 @@ log = logging.getLogger(__name__)
 
 MAX_K = 100
 MAX_INTERESTS_CHARS = 8192
-MAX_ID_CHARS = 256
+# The profiles store's limit on user, item and request ids (its MAX_ID_LENGTH, varchar(255)
+# columns). Stated again here, not imported: services never import each other's packages. Keep the
+# two equal: a longer id would pass here and be refused by the store with another reason.
+MAX_ID_CHARS = 255
 FALLBACK_POLICY = "fallback"
+# The degraded cause of every fallback answer (ranking's causes are relayed as it names them).
+FALLBACK_CAUSE = "FALLBACK"
 # Per-hop ceilings; the caller's deadline usually binds first.
 PROFILE_TIMEOUT = 1.0
 RANKING_TIMEOUT = 1.0
@@ -161,19 +179,28 @@ class FallbackList:
         ]
 
 
+def _check_length(value: str, field: str) -> None:
+    """INVALID_ARGUMENT ``<FIELD>_TOO_LONG`` past the store's id limit (the id is not echoed)."""
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidArgument(
+            f"{field.upper()}_TOO_LONG",
+            f"{field} is longer than {MAX_ID_CHARS} characters",
+            limit=MAX_ID_CHARS,
+            length=len(value),
+        )
+
+
 def _validate(request: gateway_service_pb2.RecommendRequest) -> None:
     if not request.user_id.strip():
         raise InvalidArgument("EMPTY_USER_ID", "user_id is required")
-    if len(request.user_id) > MAX_ID_CHARS:
-        raise InvalidArgument("USER_ID_TOO_LONG", f"user_id is longer than {MAX_ID_CHARS}")
+    _check_length(request.user_id, "user_id")
     if not 1 <= request.k <= MAX_K:
         raise InvalidArgument("K_OUT_OF_RANGE", f"k must be in 1..{MAX_K}", k=request.k)
     if len(request.interests) > MAX_INTERESTS_CHARS:
         raise InvalidArgument(
             "INTERESTS_TOO_LONG", f"interests are longer than {MAX_INTERESTS_CHARS} characters"
         )
-    if len(request.request_id) > MAX_ID_CHARS:
-        raise InvalidArgument("REQUEST_ID_TOO_LONG", f"request_id is longer than {MAX_ID_CHARS}")
+    _check_length(request.request_id, "request_id")
 
 
 @dataclass(frozen=True)
@@ -185,6 +212,8 @@ class Choice:
     collaborative_version: str = ""
     # Why the fallback served (the failing dependency's reason); empty when it did not.
     fallback_cause: str = ""
+    # Why the answer is of lower quality than normal (the response's degraded_causes).
+    degraded_causes: tuple[str, ...] = ()
 
 
 class RecommendPipeline:
@@ -261,6 +290,10 @@ class RecommendPipeline:
             if impressions:
                 try:
                     await self._profiles.record_impressions(impressions, write_timeout)
+                except AlreadyExists:
+                    # The request_id holds another list (REQUEST_ID_CONFLICT): nothing was lost,
+                    # and this list must not be answered, since it is not the one in the log.
+                    raise
                 except ServiceError:
                     if self._metrics is not None:
                         self._metrics.observe_impression_failure()
@@ -295,6 +328,8 @@ class RecommendPipeline:
             fallback=choice.policy_name == FALLBACK_POLICY,
             index_version=choice.index_version,
             collaborative_version=choice.collaborative_version,
+            degraded=bool(choice.degraded_causes),
+            degraded_causes=choice.degraded_causes,
         )
         if self._metrics is not None:
             self._metrics.observe_response(response, fallback_cause=choice.fallback_cause)
@@ -351,17 +386,28 @@ class RecommendPipeline:
                 extra={"fields": {"reason": error.reason, "detail": error.message}},
             )
             items = await self._fallback(request.k, exclude, request_id, deadline)
-            return Choice(items, FALLBACK_POLICY, fallback_cause=error.reason)
+            return Choice(
+                items,
+                FALLBACK_POLICY,
+                fallback_cause=error.reason,
+                degraded_causes=(FALLBACK_CAUSE,),
+            )
         if not reranked.items and not candidates.candidates:
             # An empty pool (e.g. nothing indexed yet) is served from the fallback too.
             items = await self._fallback(request.k, exclude, request_id, deadline)
-            return Choice(items, FALLBACK_POLICY, fallback_cause="EMPTY_CANDIDATE_POOL")
+            return Choice(
+                items,
+                FALLBACK_POLICY,
+                fallback_cause="EMPTY_CANDIDATE_POOL",
+                degraded_causes=(FALLBACK_CAUSE,),
+            )
         return Choice(
             list(reranked.items),
             reranked.policy_name,
             reranked.policy_version,
             candidates.index_version,
             candidates.collaborative_version,
+            degraded_causes=tuple(dict.fromkeys(candidates.degraded_causes)),
         )
 
     async def _fallback(
@@ -387,6 +433,7 @@ class RecommendPipeline:
         info = await self.items.lookup(
             [i.item_id for i in logged], deadline.timeout(self._config.profile_timeout)
         )
+        fallback = logged[0].policy_name == FALLBACK_POLICY
         stats = {
             s.item_id: s
             for s in await self._profiles.get_item_stats(
@@ -410,7 +457,10 @@ class RecommendPipeline:
             ],
             policy_name=logged[0].policy_name,
             policy_version=logged[0].policy_version,
-            fallback=logged[0].policy_name == FALLBACK_POLICY,
+            fallback=fallback,
+            # The log keeps no degraded causes of ranking's: a replay reports the fallback only.
+            degraded=fallback,
+            degraded_causes=[FALLBACK_CAUSE] if fallback else [],
         )
 
     async def feedback(
@@ -418,8 +468,10 @@ class RecommendPipeline:
     ) -> gateway_service_pb2.FeedbackResponse:
         if not request.request_id:
             raise InvalidArgument("EMPTY_REQUEST_ID", "request_id is required")
+        _check_length(request.request_id, "request_id")
         if not request.item_id:
             raise InvalidArgument("EMPTY_ITEM_ID", "item_id is required")
+        _check_length(request.item_id, "item_id")
         if request.kind == common_pb2.INTERACTION_KIND_UNSPECIFIED or (
             request.kind not in common_pb2.InteractionKind.values()
         ):
@@ -459,6 +511,7 @@ class RecommendPipeline:
     ) -> gateway_service_pb2.ExplainRecommendationResponse:
         if not request.request_id:
             raise InvalidArgument("EMPTY_REQUEST_ID", "request_id is required")
+        _check_length(request.request_id, "request_id")
         logged = await self._profiles.list_impressions(
             request.request_id, deadline.timeout(self._config.profile_timeout)
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import logging
 import math
 import time
@@ -73,11 +74,25 @@ class RankRequest:
     include_history: bool = False
 
 
+class DegradedCause(enum.StrEnum):
+    """Why an answer is of lower quality than the request would normally get (the wire names of
+    ``RankCandidatesResponse.degraded_causes``)."""
+
+    # No usable history, interests stated, and embeddings failed, ran out of time or returned a
+    # zero vector: the user vector came from nowhere, the candidates are the popularity-and-tail
+    # list.
+    INTERESTS_NOT_EMBEDDED = "INTERESTS_NOT_EMBEDDED"
+    # The interests were embedded by another model (or dimension) than the catalogue's vectors.
+    INTERESTS_MODEL_MISMATCH = "INTERESTS_MODEL_MISMATCH"
+
+
 @dataclasses.dataclass(frozen=True)
 class RankOutcome:
     result: RankResult
     index_version: str
     collaborative_version: str
+    # Empty: the answer is as good as this request can get.
+    degraded_causes: tuple[DegradedCause, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,8 +319,9 @@ class RankingEngine:
 
     async def _interests_vector(
         self, interests: str, snapshot: CatalogSnapshot, deadline: HasTimeRemaining | None
-    ) -> FloatArray | None:
-        """The interests in the catalogue's space, or None (fallback) when that is impossible."""
+    ) -> FloatArray | DegradedCause:
+        """The interests in the catalogue's space, or why that is impossible (the request is then
+        served the popularity-and-tail candidates, and marked degraded)."""
         try:
             encoded = await self._encoder.embed(interests[:MAX_INTERESTS_CHARS], deadline)
         except (ServiceError, TimeoutError) as error:
@@ -313,7 +329,7 @@ class RankingEngine:
                 "interests not embedded; popularity and tail fallback",
                 extra={"fields": {"error": type(error).__name__, "detail": str(error)}},
             )
-            return None
+            return DegradedCause.INTERESTS_NOT_EMBEDDED
         if snapshot.model is not None and encoded.model != snapshot.model:
             log.warning(
                 "interests embedded by another model than the catalogue's; fallback",
@@ -324,7 +340,7 @@ class RankingEngine:
                     }
                 },
             )
-            return None
+            return DegradedCause.INTERESTS_MODEL_MISMATCH
         return encoded.vector
 
     async def rank(
@@ -340,9 +356,17 @@ class RankingEngine:
             h.item_id in snapshot.rows or (model is not None and h.item_id in model.item_rows)
             for h in request.history
         )
-        interests_vector = None
-        if not usable_history and request.interests.strip() and snapshot.size:
-            interests_vector = await self._interests_vector(request.interests, snapshot, deadline)
+        interests_vector: FloatArray | None = None
+        causes: list[DegradedCause] = []
+        wants_interests = (
+            not usable_history and bool(request.interests.strip()) and snapshot.size > 0
+        )
+        if wants_interests:
+            embedded = await self._interests_vector(request.interests, snapshot, deadline)
+            if isinstance(embedded, DegradedCause):
+                causes.append(embedded)
+            else:
+                interests_vector = embedded
         query = RankQuery(
             history=request.history,
             candidate_count=request.candidate_count,
@@ -369,7 +393,16 @@ class RankingEngine:
         )
         if result.source is VectorSource.NONE and request.history:
             log.debug("no usable history for ranking", extra={"fields": {"user": request.user_id}})
-        return RankOutcome(result, snapshot.version, state.collaborative_version)
+        if interests_vector is not None and result.source is VectorSource.NONE:
+            # Embedded, yet unusable by the scorer: another dimension, or a zero vector.
+            causes.append(
+                DegradedCause.INTERESTS_MODEL_MISMATCH
+                if interests_vector.shape[0] != snapshot.dimension
+                else DegradedCause.INTERESTS_NOT_EMBEDDED
+            )
+        return RankOutcome(
+            result, snapshot.version, state.collaborative_version, degraded_causes=tuple(causes)
+        )
 
     def status(self) -> RankingStatus:
         state = self._state

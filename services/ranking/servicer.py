@@ -66,6 +66,7 @@ class RankingServicer(ranking_service_pb2_grpc.RankingServiceServicer):
             user_vector_source=_SOURCES[outcome.result.source],
             index_version=outcome.index_version,
             collaborative_version=outcome.collaborative_version,
+            degraded_causes=[cause.value for cause in outcome.degraded_causes],
         )
 
     async def TrainModel(

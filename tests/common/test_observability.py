@@ -206,6 +206,13 @@ async def test_domain_series_are_served_from_the_same_endpoint(stack: Stack) -> 
         ],
     )
     stack.domain.observe_response(fallback, fallback_cause="ranking")
+    # The gateway's own answer above was healthy: it counted no degraded cause.
+    degraded = Response(
+        policy_name="tail_quota",
+        degraded=True,
+        degraded_causes=["INTERESTS_NOT_EMBEDDED", "FALLBACK", "INTERESTS_NOT_EMBEDDED"],
+    )
+    stack.domain.observe_response(degraded)
     stack.domain.window.set_catalogue_size(40)
 
     families = await asyncio.to_thread(stack.scrape)
@@ -251,6 +258,13 @@ async def test_domain_series_are_served_from_the_same_endpoint(stack: Stack) -> 
     assert (
         sample(families, "longtail_impressions_written", "longtail_impressions_written_total") == 10
     )
+    # Once per cause an answer names (a repeated cause counts once).
+    degraded_family = "longtail_degraded_responses"
+    assert {
+        s.labels["cause"]: s.value
+        for s in families[degraded_family].samples
+        if s.name == f"{degraded_family}_total"
+    } == {"INTERESTS_NOT_EMBEDDED": 1, "FALLBACK": 1}
     # 11 items shown once each out of 40: the Gini of (29 zeros, 11 ones).
     expected = offline_gini([1.0] * 11 + [0.0] * 29)
     served_gini = sample(families, "longtail_exposure_gini", "longtail_exposure_gini")

@@ -20,7 +20,7 @@ from services.common.errors import error_info
 from services.common.server import Context, RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings, SettingsError, load_settings
 from services.exposure.app import ExposureSettings, build, build_with
-from services.exposure.policies import POLICY_VERSION, CandidateIn, ItemCounts
+from services.exposure.policies import POLICY_VERSION, CandidateIn, ItemCounts, Reason
 from services.exposure.reranker import PolicyDefaults, Reranker, RerankQuery
 from services.exposure.stats import StatsUnavailable
 
@@ -97,20 +97,83 @@ async def test_rerank_round_trip(exposure) -> None:
     assert stats.calls == []  # tail_quota without exploration reads no counters
 
 
+def large_pool(heads: int = 12, tails: int = 12) -> list[Candidate]:
+    """Head items first (best scores), then tail items, the last third of those cold."""
+    n = heads + tails
+    return [
+        Candidate(
+            item_id=f"h{i}" if i < heads else f"t{i}",
+            score=float(n - i),
+            is_tail=i >= heads,
+            is_cold=i >= heads + (2 * tails) // 3,
+            categories=["a" if i % 2 else "b"],
+        )
+        for i in range(n)
+    ]
+
+
 async def test_unset_policy_serves_the_default_with_an_explore_slot(exposure) -> None:
     stub, stats = exposure
-    request = Request(request_id="r2", candidates=pool(), k=5)
+    # The default slot (position 9) does not fall inside a list of 5: no exploration there.
+    short = await stub.Rerank(Request(request_id="r2", candidates=large_pool(), k=5), timeout=5)
+    assert short.policy_name == "tail_quota"
+    assert len(short.items) == 5
+    assert common_pb2.REASON_EXPLORE not in [i.reason for i in short.items]
+    assert stats.calls == []  # no exploration: tail_quota reads no counters
+    # A top 10: one slot, at position 9 (the evaluated default).
+    request = Request(request_id="r2", candidates=large_pool(), k=10)
     answer = await stub.Rerank(request, timeout=5)
     assert answer.policy_name == "tail_quota"
     reasons = [i.reason for i in answer.items]
-    assert reasons.count(common_pb2.REASON_EXPLORE) == 1
-    # first_position defaults to 9; a 5-item list moves the slot to its last position.
-    assert answer.items[4].reason == common_pb2.REASON_EXPLORE
-    assert answer.items[4].is_tail
+    assert [p for p, r in enumerate(reasons) if r == common_pb2.REASON_EXPLORE] == [9]
+    assert answer.items[9].is_tail
     assert common_pb2.REASON_UNSPECIFIED not in reasons
-    assert stats.calls == [["t1", "c1"]]  # explore reads only the cold/tail counters
+    # explore reads only the cold/tail counters
+    assert stats.calls == [[c.item_id for c in large_pool() if c.is_tail]]
     again = await stub.Rerank(request, timeout=5)
     assert again == answer  # a retry (same request id, no seed) gets the same list
+
+
+@pytest.mark.parametrize(("k", "explored"), [(1, []), (3, []), (9, []), (10, [9]), (20, [9])])
+async def test_default_exploration_only_where_its_slot_falls_inside_the_list(
+    exposure, k: int, explored: list[int]
+) -> None:
+    stub, _ = exposure
+    answer = await stub.Rerank(Request(request_id="r-k", candidates=large_pool(), k=k), timeout=5)
+    assert answer.policy_name == "tail_quota" and len(answer.items) == k
+    got = [p for p, item in enumerate(answer.items) if item.reason == common_pb2.REASON_EXPLORE]
+    assert got == explored
+
+
+@pytest.mark.parametrize(
+    ("k", "candidates", "explored"),
+    [(9, 24, []), (10, 24, [9]), (11, 24, [9, 10]), (20, 24, [9, 14]), (10, 9, []), (12, 10, [9])],
+)
+async def test_default_slots_are_those_inside_the_list_of_its_length(
+    k: int, candidates: int, explored: list[int]
+) -> None:
+    # min(slots, max(0, n - first_position)), n = the list's length (k, or the smaller pool).
+    reranker = Reranker(FakeStats(), PolicyDefaults(policy="relevance", explore_slots=2))
+    pool = [
+        _domain(c) for c in large_pool(heads=candidates // 2, tails=candidates - candidates // 2)
+    ]
+    outcome = await reranker.rerank(RerankQuery(request_id="r", candidates=pool, k=k))
+    assert len(outcome.items) == min(k, candidates)
+    got = [p for p, item in enumerate(outcome.items) if item.reason is Reason.EXPLORE]
+    assert got == explored
+
+
+@pytest.mark.parametrize(("k", "explored"), [(1, [0]), (3, [2])])
+async def test_explore_asked_for_explicitly_is_served_in_short_lists_too(
+    exposure, k: int, explored: list[int]
+) -> None:
+    stub, _ = exposure
+    spec = Spec(explore=common_pb2.ExploreSlots(slots=1))  # first_position: the configured 9
+    answer = await stub.Rerank(
+        Request(request_id="r-x", candidates=large_pool(), k=k, policy=spec), timeout=5
+    )
+    got = [p for p, item in enumerate(answer.items) if item.reason == common_pb2.REASON_EXPLORE]
+    assert got == explored  # capped at k, moved forward to fit, as before
 
 
 async def test_explore_and_seed_without_a_policy_keep_the_default_policy(exposure) -> None:

@@ -9,7 +9,7 @@ from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-from services.common.errors import InvalidArgument, ServiceError, Unavailable
+from services.common.errors import AlreadyExists, InvalidArgument, ServiceError, Unavailable
 
 
 class FakeProfiles:
@@ -48,6 +48,9 @@ class FakeProfiles:
         self.failing: set[str] = set()
         self.calls: Counter[str] = Counter()
         self.impression_writes = 0
+        # request_id -> the list of a concurrent request under the same id, whose write lands
+        # just before ours (after our replay check found nothing): ours is then a conflict.
+        self.racing_writes: dict[str, list[common_pb2.Impression]] = {}
 
     def _check(self, method: str = "") -> None:
         self.calls[method] += 1
@@ -69,6 +72,28 @@ class FakeProfiles:
     ) -> int:
         self._check("record_impressions")
         self.impression_writes += 1
+        for request_id in {i.request_id for i in impressions}:
+            for racing in self.racing_writes.pop(request_id, []):
+                self.impressions[(racing.request_id, racing.position)] = racing
+        # Like the store: a request_id holding another list refuses the whole batch; an identical
+        # replay (same user, items and positions) succeeds and writes nothing new.
+        for request_id in {i.request_id for i in impressions}:
+            held = {
+                (p, i.user_id, i.item_id)
+                for (r, p), i in self.impressions.items()
+                if r == request_id
+            }
+            batch = {
+                (i.position, i.user_id, i.item_id)
+                for i in impressions
+                if i.request_id == request_id
+            }
+            if held and held != batch:
+                raise AlreadyExists(
+                    "REQUEST_ID_CONFLICT",
+                    "request_id already holds another list",
+                    request_id=request_id,
+                )
         new = 0
         for impression in impressions:
             key = (impression.request_id, impression.position)
@@ -115,6 +140,8 @@ class FakeRanking:
         self._profiles = profiles
         self.error: ServiceError | None = None
         self.last: ranking_service_pb2.RankCandidatesRequest | None = None
+        # What ranking reports as degraded about its answer (e.g. INTERESTS_NOT_EMBEDDED).
+        self.degraded_causes: list[str] = []
 
     async def rank(
         self, request: ranking_service_pb2.RankCandidatesRequest, timeout: float
@@ -134,7 +161,9 @@ class FakeRanking:
             if s.item_id not in excluded
         ]
         return ranking_service_pb2.RankCandidatesResponse(
-            candidates=candidates[: request.candidate_count], index_version="idx1"
+            candidates=candidates[: request.candidate_count],
+            index_version="idx1",
+            degraded_causes=self.degraded_causes,
         )
 
 

@@ -10,6 +10,7 @@ import pytest
 from longtail.common.v1 import common_pb2
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from services.common.errors import DeadlineExceeded, Unavailable, error_info
+from services.common.observability import RecommenderMetrics
 from services.common.server import RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings
 from services.gateway.app import SERVICE_NAME
@@ -25,9 +26,17 @@ class Suite:
         self.profiles = FakeProfiles()
         self.ranking = FakeRanking(self.profiles)
         self.exposure = FakeExposure()
+        self.metrics = RecommenderMetrics()
         self.pipeline = RecommendPipeline(
-            self.profiles, self.ranking, self.exposure, PipelineConfig(fallback_size=20)
+            self.profiles,
+            self.ranking,
+            self.exposure,
+            PipelineConfig(fallback_size=20),
+            self.metrics,
         )
+
+    def count(self, metric: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(metric, labels) or 0.0
 
 
 @pytest.fixture
@@ -82,6 +91,10 @@ async def test_include_seen_passes_no_exclusions_and_asks_for_history(served) ->
         (Request(user_id="u1", k=0), "K_OUT_OF_RANGE"),
         (Request(user_id="u1", k=101), "K_OUT_OF_RANGE"),
         (Request(user_id="u1", k=5, interests="x" * 9000), "INTERESTS_TOO_LONG"),
+        # The store's id limit is 255 characters; the gateway refuses longer ids itself.
+        (Request(user_id="u" * 256, k=5), "USER_ID_TOO_LONG"),
+        (Request(user_id="u1", k=5, request_id="r" * 256), "REQUEST_ID_TOO_LONG"),
+        (Request(user_id="u" * 20_000, k=5), "USER_ID_TOO_LONG"),
     ],
 )
 async def test_bad_input_is_invalid_argument_with_reason(served, request_, reason) -> None:
@@ -249,3 +262,128 @@ async def test_metrics_count_served_tail_items_fallbacks_and_impressions() -> No
     await pipeline.recommend(Request(user_id="u1", k=4), Deadline(None, 2.0))
     assert sample("longtail_fallback_responses_total", {"cause": "DEPENDENCY_UNAVAILABLE"}) == 1
     assert sample("longtail_impressions_written_total") == 14
+
+
+async def test_ids_of_255_characters_are_accepted(served) -> None:
+    suite, stub = served
+    user, request_id = "u" * 255, "r" * 255
+    answer = await stub.Recommend(Request(user_id=user, k=3, request_id=request_id), timeout=5)
+    assert answer.request_id == request_id and len(answer.items) == 3
+    logged = await suite.profiles.list_impressions(request_id, 1.0)
+    assert [i.user_id for i in logged] == [user] * 3
+    feedback = gateway_service_pb2.FeedbackRequest(
+        request_id=request_id,
+        item_id=answer.items[0].item_id,
+        kind=common_pb2.INTERACTION_KIND_CLICK,
+    )
+    assert (await stub.Feedback(feedback, timeout=5)).recorded
+    # An item id of 255 characters, served under that request_id, takes feedback too.
+    long_item = "x" * 255
+    suite.profiles.impressions[(request_id, 3)] = common_pb2.Impression(
+        request_id=request_id, position=3, user_id=user, item_id=long_item
+    )
+    feedback.item_id = long_item
+    assert (await stub.Feedback(feedback, timeout=5)).recorded
+    assert f"feedback:{request_id}:{long_item}:{feedback.kind}" in suite.profiles.interactions
+
+
+@pytest.mark.parametrize(
+    ("request_id", "item_id", "reason"),
+    [
+        ("r-1", "i" * 20_000, "ITEM_ID_TOO_LONG"),
+        ("r-1", "i" * 256, "ITEM_ID_TOO_LONG"),
+        ("r" * 256, "i1", "REQUEST_ID_TOO_LONG"),
+        ("r" * 20_000, "i" * 20_000, "REQUEST_ID_TOO_LONG"),
+    ],
+)
+async def test_feedback_with_over_long_ids_is_invalid_argument(
+    served, request_id, item_id, reason
+) -> None:
+    suite, stub = served
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Feedback(
+            gateway_service_pb2.FeedbackRequest(
+                request_id=request_id, item_id=item_id, kind=common_pb2.INTERACTION_KIND_CLICK
+            ),
+            timeout=5,
+        )
+    # Not RESOURCE_EXHAUSTED (an echoed 20,000-character id) nor NOT_FOUND from the store.
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info is not None and info.reason == reason
+    assert info.metadata["limit"] == "255"
+    assert suite.profiles.calls["list_impressions"] == 0
+
+
+async def test_explain_with_an_over_long_request_id_is_invalid_argument(served) -> None:
+    suite, stub = served
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ExplainRecommendation(
+            gateway_service_pb2.ExplainRecommendationRequest(request_id="r" * 256), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "REQUEST_ID_TOO_LONG"
+    assert suite.profiles.calls["list_impressions"] == 0
+
+
+async def test_a_request_id_holding_another_list_fails_and_answers_only_the_logged_one(
+    served,
+) -> None:
+    suite, stub = served
+    # A concurrent request under the same id writes its list after our replay check found
+    # nothing: the store refuses ours with ALREADY_EXISTS / REQUEST_ID_CONFLICT.
+    theirs = [
+        common_pb2.Impression(
+            request_id="r-race", position=p, user_id="u1", item_id=f"i{30 + p}", policy_name="x"
+        )
+        for p in range(3)
+    ]
+    suite.profiles.racing_writes["r-race"] = theirs
+    request = Request(user_id="u1", k=3, request_id="r-race")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Recommend(request, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    info = error_info(caught.value)
+    assert info is not None and info.reason == "REQUEST_ID_CONFLICT"
+    assert suite.profiles.calls["record_impressions"] == 1  # our write was reached and refused
+    logged = await suite.profiles.list_impressions("r-race", 1.0)
+    assert [i.item_id for i in logged] == ["i30", "i31", "i32"]  # theirs, untouched
+    # Nothing was lost (the log holds a list): not an impression write failure, not an answer.
+    assert suite.count("longtail_impression_write_failures_total") == 0
+    assert suite.count("longtail_impressions_written_total") == 0
+    assert (
+        suite.count("longtail_recommend_responses_total", policy="relevance", fallback="false") == 0
+    )
+    # A retry is answered from the log: the list that is in it.
+    again = await stub.Recommend(request, timeout=5)
+    assert [i.item_id for i in again.items] == ["i30", "i31", "i32"]
+    assert suite.profiles.calls["record_impressions"] == 1
+
+
+async def test_ranking_reporting_degraded_candidates_marks_the_answer_and_counts_it(
+    served,
+) -> None:
+    suite, stub = served
+    healthy = await stub.Recommend(Request(user_id="new", k=5, interests="jazz"), timeout=5)
+    assert not healthy.degraded and list(healthy.degraded_causes) == []
+    assert not healthy.fallback
+    # Embeddings (or Triton) down: ranking serves popularity-and-tail candidates and says why.
+    suite.ranking.degraded_causes = ["INTERESTS_NOT_EMBEDDED"]
+    answer = await stub.Recommend(Request(user_id="new", k=5, interests="jazz"), timeout=5)
+    assert answer.degraded and list(answer.degraded_causes) == ["INTERESTS_NOT_EMBEDDED"]
+    assert not answer.fallback and answer.policy_name == "relevance" and len(answer.items) == 5
+    cause = "longtail_degraded_responses_total"
+    assert suite.count(cause, cause="INTERESTS_NOT_EMBEDDED") == 1
+    assert suite.count(cause, cause="FALLBACK") == 0
+    # A fallback answer is degraded too, with its own cause (and fallback stays set).
+    suite.ranking.error = Unavailable("DEPENDENCY_UNAVAILABLE", "down")
+    fallback = await stub.Recommend(Request(user_id="new", k=5, request_id="r-fb"), timeout=5)
+    assert fallback.fallback and fallback.degraded
+    assert list(fallback.degraded_causes) == ["FALLBACK"]
+    assert suite.count(cause, cause="FALLBACK") == 1
+    assert suite.count(cause, cause="INTERESTS_NOT_EMBEDDED") == 1
+    # A replay says what the log knows: the fallback (and counts nothing again).
+    replay = await stub.Recommend(Request(user_id="new", k=5, request_id="r-fb"), timeout=5)
+    assert replay.fallback and replay.degraded and list(replay.degraded_causes) == ["FALLBACK"]
+    assert suite.count(cause, cause="FALLBACK") == 1

@@ -2,7 +2,8 @@
 
 Profiles on a SQLite file, ranking (``build``: its real profiles and embeddings adapters), exposure
 (``build``) and the gateway (``build``). Only the embeddings service is a stand-in: it reports the
-encoder's model and is never asked to embed (every user here has a history).
+encoder's model and fails every EmbedTexts with UNAVAILABLE, as it does when Triton is down (the
+fan has a history and needs no embedding; a new user's interests cannot be embedded).
 
 The catalogue is 40 random unit vectors in 64 dimensions, so that items are far apart; the one
 user, ``fan``, has a single history item, ``item-007``. The user vector is then that item's own
@@ -77,7 +78,13 @@ def vectors() -> FloatArray:
 
 
 class StandInEmbeddings(embeddings_service_pb2_grpc.EmbeddingsServiceServicer):
-    """Says which model made the stored vectors; EmbedTexts stays UNIMPLEMENTED (never needed)."""
+    """Says which model made the stored vectors; EmbedTexts fails as with Triton down."""
+
+    async def EmbedTexts(
+        self, request: epb.EmbedTextsRequest, context: Context
+    ) -> epb.EmbedTextsResponse:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "Triton is down")
+        raise AssertionError("abort raises")
 
     async def GetModelInfo(
         self, request: epb.GetModelInfoRequest, context: Context
@@ -178,7 +185,7 @@ async def suite(tmp_path: Path) -> AsyncIterator[Suite]:
                 [
                     (
                         embeddings_service_pb2_grpc.add_EmbeddingsServiceServicer_to_server,
-                        StandInEmbeddings(),  # type: ignore[abstract]
+                        StandInEmbeddings(),
                         "longtail.embeddings.v1.EmbeddingsService",
                     )
                 ],
@@ -321,3 +328,19 @@ async def test_an_impression_write_failing_midway_leaves_no_partial_log(suite: S
     assert [(i.position, i.item_id) for i in logged] == [
         (item.position, item.item_id) for item in again.items
     ]
+
+
+async def test_interests_that_cannot_be_embedded_give_a_visibly_degraded_answer(
+    suite: Suite,
+) -> None:
+    healthy = await suite.gateway.Recommend(relevance(k=5), timeout=CALL_TIMEOUT)
+    assert not healthy.fallback and not healthy.degraded and not healthy.degraded_causes
+    # Triton down: ranking cannot embed the interests, serves the generic popularity-and-tail
+    # candidates and says so; the gateway serves them through the policy, marked degraded.
+    answer = await suite.gateway.Recommend(
+        Request(user_id="newcomer", k=5, interests="space exploration documentaries"),
+        timeout=CALL_TIMEOUT,
+    )
+    assert not answer.fallback and answer.policy_name == "tail_quota"
+    assert len(answer.items) == 5
+    assert answer.degraded and list(answer.degraded_causes) == ["INTERESTS_NOT_EMBEDDED"]

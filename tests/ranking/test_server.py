@@ -19,6 +19,7 @@ from services.common.errors import error_info
 from services.common.server import RunningService, start_service
 from services.common.settings import ServerSettings
 from services.ranking.app import RankingSettings, build_with_sources
+from services.ranking.catalog import ModelRef
 from tests.ranking.synthetic import FakeCatalog, FakeEncoder, FakeInteractions, World, make_world
 
 
@@ -184,6 +185,48 @@ async def test_embeddings_down_falls_back_to_popular_and_tail_items(env: Env) ->
     assert len(reply.candidates) == 20
     assert sum(c.is_tail for c in reply.candidates) >= 6
     assert reply.candidates[0].popularity == max(env.catalog.counts.values())
+    # The interests could not be used: the answer says so (the gateway marks it degraded).
+    assert list(reply.degraded_causes) == ["INTERESTS_NOT_EMBEDDED"]
+
+
+async def test_interests_embedded_by_another_model_are_reported_as_degraded(env: Env) -> None:
+    env.encoder.model = ModelRef("another-encoder", "9")
+    reply = await env.stub.RankCandidates(
+        pb.RankCandidatesRequest(user_id="newcomer", interests="jazz", candidate_count=20),
+        timeout=5,
+    )
+    assert env.encoder.calls == 1
+    assert reply.user_vector_source == pb.USER_VECTOR_SOURCE_NONE
+    assert list(reply.degraded_causes) == ["INTERESTS_MODEL_MISMATCH"]
+
+
+async def test_healthy_answers_are_not_degraded(env: Env) -> None:
+    interests = await env.stub.RankCandidates(
+        pb.RankCandidatesRequest(user_id="newcomer", interests="jazz", candidate_count=20),
+        timeout=5,
+    )
+    assert interests.user_vector_source == pb.USER_VECTOR_SOURCE_INTERESTS
+    assert list(interests.degraded_causes) == []
+    # With usable history the interests are not needed: embeddings down degrades nothing.
+    env.encoder.up = False
+    known = await env.stub.RankCandidates(
+        pb.RankCandidatesRequest(
+            user_id="user-0004",
+            history=history(env, "user-0004"),
+            interests="jazz",
+            candidate_count=20,
+        ),
+        timeout=5,
+    )
+    assert known.user_vector_source == pb.USER_VECTOR_SOURCE_HISTORY
+    assert list(known.degraded_causes) == []
+    # Nothing to embed (no history, no interests): the popular list is all there is; not degraded.
+    anonymous = await env.stub.RankCandidates(
+        pb.RankCandidatesRequest(user_id="anonymous", candidate_count=20), timeout=5
+    )
+    assert anonymous.user_vector_source == pb.USER_VECTOR_SOURCE_NONE
+    assert list(anonymous.degraded_causes) == []
+    assert env.encoder.calls == 1
 
 
 async def test_new_item_is_retrievable_after_reload_without_restart(env: Env) -> None:
