@@ -9,7 +9,9 @@ Idempotency:
   (user_id, item_id, kind, value, occurred_at, request_id) *as sent*. A replay therefore stores
   nothing twice. Two genuinely separate identical events must differ in ``occurred_at`` (or carry
   their own keys): without a timestamp and a request id they are taken for one replayed event.
-- impressions are keyed by (request_id, position).
+- impressions are keyed by (request_id, position), and a request_id holds one list: a batch is
+  the whole list of one request_id, stored once; an identical batch is a replay, another list
+  under a used request_id is refused (``record_impressions``).
 
 Head/tail follows ``services.common.tail`` (head = top 20% of catalogue items by interaction
 count; tail = the rest, cold = zero interactions) over the interaction counters of every item.
@@ -34,7 +36,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from sqlalchemy.orm import Session
 
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.common.tail import head_items
 from services.profiles.records import (
     INTERACTION_KINDS,
@@ -45,6 +47,7 @@ from services.profiles.records import (
     ItemFilter,
     ItemRecord,
     ItemStats,
+    ServedEntry,
     UserProfile,
     UserRecord,
     VectorUpdate,
@@ -158,6 +161,14 @@ def _missing_error(reason: str, what: str, missing: set[str]) -> NotFound:
         f"{len(missing)} unknown {what}: {', '.join(named)}",
         ids=",".join(named),
         count=len(missing),
+    )
+
+
+def _request_id_conflict(request_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        "REQUEST_ID_CONFLICT",
+        f"request_id {request_id!r} already holds another list",
+        request_id=request_id,
     )
 
 
@@ -625,9 +636,18 @@ class Profiles:
     # ---------------------------------------------------------------- impressions
 
     async def record_impressions(self, impressions: Sequence[ImpressionRecord]) -> WriteResult:
+        """Store one served list: the batch is the whole list of one request_id for one user.
+
+        A request_id is claimed atomically, once: when it already holds a list, the batch is a
+        replay if it is that very list (same user, positions, items, reasons and policy; score
+        and served_at are not compared) and stores nothing, else it is refused with
+        ALREADY_EXISTS / REQUEST_ID_CONFLICT. Items must exist (NOT_FOUND / UNKNOWN_ITEM); a user
+        without a row gets a bare one (the gateway serves brand-new users). All of it in one
+        transaction: refused means nothing written.
+        """
         check_batch(impressions, "impressions")
         now = self._now()
-        prepared: dict[tuple[str, int], ImpressionRecord] = {}
+        prepared: dict[int, ImpressionRecord] = {}
         duplicates = 0
         for index, record in enumerate(impressions):
             check_id(record.request_id, "EMPTY_REQUEST_ID", "request_id", index)
@@ -649,18 +669,66 @@ class Profiles:
             ):
                 raise InvalidArgument("ID_TOO_LONG", "policy name or version too long", index=index)
             check_texts((record.policy_name, record.policy_version), "policy", index)
-            key = (record.request_id, record.position)
-            if key in prepared:
+            first = impressions[0]
+            if record.request_id != first.request_id:
+                raise InvalidArgument(
+                    "MIXED_REQUEST_IDS",
+                    f"a batch is the list of one request_id (entry {index} names another)",
+                    index=index,
+                )
+            if record.user_id != first.user_id:
+                raise InvalidArgument(
+                    "MIXED_USERS",
+                    f"a request_id's list is served to one user (entry {index} names another)",
+                    index=index,
+                )
+            earlier = prepared.get(record.position)
+            if earlier is not None:
+                if ServedEntry.of(earlier) != ServedEntry.of(record):
+                    raise InvalidArgument(
+                        "CONFLICTING_POSITION",
+                        f"position {record.position} appears twice with different entries",
+                        index=index,
+                        position=record.position,
+                    )
                 duplicates += 1
                 continue
-            prepared[key] = dataclasses.replace(record, served_at=record.served_at or now)
-        records = list(prepared.values())
+            prepared[record.position] = dataclasses.replace(
+                record, served_at=record.served_at or now
+            )
+        records = sorted(prepared.values(), key=lambda record: record.position)
         if not records:
             return WriteResult(0, duplicates)
+        request_id, user_id = records[0].request_id, records[0].user_id
+        item_ids = list(dict.fromkeys(record.item_id for record in records))
+        served = [ServedEntry.of(record) for record in records]
 
         def write(session: Session) -> int:
+            self._repo.lock_request(session, request_id)
+            state = self._repo.request_state(session, request_id, user_id)
+            if state.stored:
+                if sorted(state.stored, key=lambda entry: entry.position) == served:
+                    return 0  # a replay of the stored list
+                raise _request_id_conflict(request_id)
+            if not state.user_exists:
+                self._repo.insert_missing_users(session, [user_id], now)
             stored = self._repo.insert_impressions(session, records)
-            self._repo.bump_counters(session, "impression_count", collections.Counter(stored))
+            if len(stored) != len(records):
+                # Rows appeared under this request_id that the claim did not see (a writer that
+                # does not take the claim): refuse rather than keep a mixed list.
+                raise _request_id_conflict(request_id)
+            increments = collections.Counter(stored)
+            # Every catalogue item has its counter row (made with the item), so the bump is the
+            # existence check too, at no extra statement; only a refusal looks for the culprits.
+            if self._repo.bump_counters(session, "impression_count", increments) < len(increments):
+                counted = self._repo.counters(session, increments)
+                unknown = [item_id for item_id in item_ids if item_id not in counted]
+                raise NotFound(
+                    "UNKNOWN_ITEM",
+                    f"{len(unknown)} items not in the catalogue, the first {unknown[0]!r}",
+                    item_id=unknown[0],
+                    count=len(unknown),
+                )
             return len(stored)
 
         recorded = await self._db.run(write, write=True)

@@ -76,6 +76,38 @@ class ImpressionRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class ServedEntry:
+    """What identifies one position of a served list: a replayed batch must match it exactly (the
+    score and the time served are not part of it)."""
+
+    position: int
+    user_id: str
+    item_id: str
+    reason: str
+    policy_name: str
+    policy_version: str
+
+    @classmethod
+    def of(cls, record: ImpressionRecord) -> ServedEntry:
+        return cls(
+            record.position,
+            record.user_id,
+            record.item_id,
+            record.reason,
+            record.policy_name,
+            record.policy_version,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestState:
+    """What RecordImpressions reads before it claims a request_id."""
+
+    stored: list[ServedEntry]
+    user_exists: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class HistoryEntry:
     item_id: str
     kind: str

@@ -27,6 +27,8 @@ from services.profiles.records import (
     ItemFilter,
     ItemRecord,
     ItemVector,
+    RequestState,
+    ServedEntry,
     UserRecord,
     VectorUpdate,
 )
@@ -76,6 +78,43 @@ _COUNTERS = sa.select(
     counters_t.c.impression_count,
     counters_t.c.feedback_count,
 ).where(counters_t.c.item_id.in_(sa.bindparam("item_ids", expanding=True)))
+
+
+# RecordImpressions' read before it claims a request_id, in one round trip: the rows already
+# stored under the request_id (tag 0) and whether the user has a row (tag 1). The placeholders are
+# typed so that every dialect unifies the branches.
+def _null(kind: sa.types.TypeEngine[Any], name: str) -> sa.Label[Any]:
+    return sa.cast(sa.null(), kind).label(name)
+
+
+def _tag(value: int) -> sa.Label[Any]:
+    return sa.literal_column(str(value), sa.Integer).label("tag")
+
+
+_REQUEST_STATE = sa.union_all(
+    sa.select(
+        _tag(0),
+        impressions_t.c.position,
+        impressions_t.c.user_id,
+        impressions_t.c.item_id,
+        impressions_t.c.reason,
+        impressions_t.c.policy_name,
+        impressions_t.c.policy_version,
+    ).where(impressions_t.c.request_id == sa.bindparam("request_id")),
+    sa.select(
+        _tag(1),
+        _null(sa.Integer(), "position"),
+        users_t.c.user_id,
+        _null(sa.String(), "item_id"),
+        _null(sa.String(), "reason"),
+        _null(sa.String(), "policy_name"),
+        _null(sa.String(), "policy_version"),
+    ).where(users_t.c.user_id == sa.bindparam("user_id")),
+)
+# PostgreSQL: a transaction-level advisory lock per request_id (see Repository.lock_request). The
+# two-integer key form: a key space apart from the migration lock's single bigint key.
+_REQUEST_LOCK_SPACE = 0x4C54  # "LT"
+_LOCK_REQUEST = sa.text("SELECT pg_advisory_xact_lock(:space, hashtext(:request_id))")
 
 # Text the encoder reads: when any of it changes, the stored vector no longer describes the item.
 _EMBEDDED_TEXT = ("title", "description", "tags", "categories")
@@ -484,6 +523,39 @@ class Repository:
         stored = _insert_new(session, impressions_t, rows, ["request_id", "position"], ["item_id"])
         return [row.item_id for row in stored]
 
+    def lock_request(self, session: Session, request_id: str) -> None:
+        """Serialise the writers of one request_id until this transaction ends.
+
+        PostgreSQL runs at READ COMMITTED: two transactions writing one request_id could both
+        read "nothing stored yet" and both insert, the second's ON CONFLICT DO NOTHING silently
+        dropping its overlapping rows (or, with disjoint positions, both lists ending up mixed
+        under one request_id). Checking the stored rows again after the insert does not close
+        that: a statement waits on the other transaction only where their keys collide. So the
+        claim takes this lock first; the next statement (a fresh READ COMMITTED snapshot) then
+        sees whatever the previous holder committed. It must be a statement of its own: a read in
+        the same statement would use the snapshot taken before the wait. Two request_ids whose
+        ``hashtext`` collides merely queue behind each other. SQLite needs nothing: write
+        transactions begin IMMEDIATE, so they are serialised and read the latest commit.
+        """
+        if session.get_bind().dialect.name == "postgresql":
+            session.connection().execute(
+                _LOCK_REQUEST, {"space": _REQUEST_LOCK_SPACE, "request_id": request_id}
+            )
+
+    def request_state(self, session: Session, request_id: str, user_id: str) -> RequestState:
+        """What is stored under ``request_id`` and whether the user has a row: one statement."""
+        params = {"request_id": request_id, "user_id": user_id}
+        stored: list[ServedEntry] = []
+        user_exists = False
+        for tag, position, user, item_id, reason, name, version in session.connection().execute(
+            _REQUEST_STATE, params
+        ):
+            if tag == 0:
+                stored.append(ServedEntry(int(position), user, item_id, reason, name, version))
+            else:
+                user_exists = True
+        return RequestState(stored, user_exists)
+
     def list_impressions(self, session: Session, request_id: str) -> list[ImpressionRecord]:
         stmt = (
             sa.select(impressions_t)
@@ -507,14 +579,16 @@ class Repository:
 
     # ---------------------------------------------------------------- counters
 
-    def bump_counters(self, session: Session, column: str, increments: Mapping[str, int]) -> None:
-        """Add ``increments[item_id]`` to one counter column (items without a row are skipped)."""
+    def bump_counters(self, session: Session, column: str, increments: Mapping[str, int]) -> int:
+        """Add ``increments[item_id]`` to one counter column; returns how many counter rows it
+        updated (items without a row are skipped: every catalogue item has one, made with it)."""
         if column not in COUNTER_COLUMNS:
             raise ValueError(f"unknown counter {column!r}")
         rows = [{"b_item_id": item_id, "b_n": n} for item_id, n in sorted(increments.items()) if n]
         if not rows:
-            return
-        session.connection().execute(_BUMP_COUNTER[column], rows)
+            return 0
+        # Both dialects sum the rowcount of an executemany (supports_sane_multi_rowcount).
+        return int(session.connection().execute(_BUMP_COUNTER[column], rows).rowcount)
 
     def counters(
         self, session: Session, item_ids: Iterable[str]
