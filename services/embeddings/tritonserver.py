@@ -13,10 +13,13 @@ the ``nvidia-pytriton`` wheel under ``pytriton/tritonserver/``. What it takes to
   source repository (``deploy/triton``) is copied into a run folder and filled in.
 
 ``TritonServer`` does all of that, picks free ports, waits until the server and the model are
-ready, and stops the whole process group (SIGTERM, then SIGKILL), leaving no process, shared
-memory segment or temporary folder behind. ``python -m services.embeddings.tritonserver`` runs it
-standalone (prints ``TRITON_GRPC host:port``; stops on SIGTERM/SIGINT), or with ``--prepare DIR``
-only renders a repository for NVIDIA's Triton container (production, ``--variant gpu``).
+ready, and stops the whole process group (SIGTERM, then SIGKILL), returning only once no process
+of the group (the server, the Python-backend stubs) remains, and leaving no shared memory segment
+or temporary folder behind. ``kill`` does the same after a crash: a stub that outlived its server
+goes with the group. A supervisor (``LocalSuite``) restarts the server on the same ports.
+``python -m services.embeddings.tritonserver`` runs it standalone (prints ``TRITON_GRPC
+host:port``; stops on SIGTERM/SIGINT), or with ``--prepare DIR`` only renders a repository for
+NVIDIA's Triton container (production, ``--variant gpu``).
 """
 
 from __future__ import annotations
@@ -297,6 +300,8 @@ class TritonServer:
         self._log_file: IO[bytes] | None = None
         self._current_log: Path | None = None
         self._shm_prefix = ""
+        # The run whose group ``kill`` has already emptied (and reaped).
+        self._cleared: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
     # -- addresses -----------------------------------------------------------------------------
@@ -322,6 +327,16 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def shm_prefix(self) -> str:
+        """The name prefix of this run's Python-backend shared-memory regions in /dev/shm."""
+        return self._shm_prefix
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The server process of the current run (its pid is also its process group's id)."""
+        return self._process
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -334,8 +349,12 @@ class TritonServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self) -> None:
-        """Start and wait until the server and every model are ready (or raise with the log)."""
+    def start(self, abort: threading.Event | None = None) -> None:
+        """Start and wait until the server and every model are ready (or raise with the log).
+
+        Setting ``abort`` (from another thread) gives up the wait: the start raises
+        ``TritonStartError`` and leaves nothing running.
+        """
         with self._lock:
             if self.is_running():
                 return
@@ -357,9 +376,11 @@ class TritonServer:
             # Chosen ports can be taken between choosing and binding: retry with new ones.
             attempts = 1 if all(self._requested_ports) else 3
             for attempt in range(attempts):
+                if abort is not None and abort.is_set():
+                    raise TritonStartError("start aborted")
                 self._launch(backends)
                 try:
-                    self._wait_ready()
+                    self._wait_ready(abort)
                     return
                 except TritonStartError:
                     exited = self._process is not None and self._process.poll() is not None
@@ -411,10 +432,12 @@ class TritonServer:
             start_new_session=True,  # its own process group: the stubs go down with it
         )
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, abort: threading.Event | None = None) -> None:
         deadline = time.monotonic() + self.startup_timeout
         urls = [f"{self.http_url}/v2/health/ready", f"{self.http_url}/v2/models/{MODEL_NAME}/ready"]
         while time.monotonic() < deadline:
+            if abort is not None and abort.is_set():
+                raise TritonStartError("start aborted")
             if self._process is None or self._process.poll() is not None:
                 code = None if self._process is None else self._process.returncode
                 raise TritonStartError(
@@ -437,15 +460,20 @@ class TritonServer:
         return "\n".join(text.splitlines()[-lines:])
 
     def kill(self) -> None:
-        """Simulate a crash: SIGKILL the whole process group now (tests; the run folder stays)."""
-        if self._process is not None:
-            _signal_group(self._process.pid, signal.SIGKILL)
-            self._process.wait()
+        """SIGKILL the whole process group now and reap it (the run folder stays): simulates a
+        crash in tests, and cleans up after one (stubs that outlived the server, shared memory)."""
+        process = self._process
+        if process is not None and self._cleared is not process:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            wait_group_gone(process.pid, self.stop_timeout)
             self._remove_shared_memory()
+            # Done: the pid is free for reuse now, so no later signal may go to its group.
+            self._cleared = process
 
     def _terminate(self) -> None:
         process, self._process = self._process, None
-        if process is not None:
+        if process is not None and self._cleared is not process:
             _signal_group(process.pid, signal.SIGTERM)
             try:
                 process.wait(self.stop_timeout)
@@ -454,6 +482,7 @@ class TritonServer:
                 process.wait()
             # Stubs that outlived the server (it was killed) are still in the group.
             _signal_group(process.pid, signal.SIGKILL)
+            wait_group_gone(process.pid, self.stop_timeout)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -483,6 +512,38 @@ class TritonServer:
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/PID/stat`` after the command name: [state, ppid, pgrp, …] (None once gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Every live process (zombies excluded) whose process group is ``pgid``, from ``/proc``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[0] != "Z" and int(fields[2]) == pgid:
+                members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait (bounded) until no process of the group is left after a SIGKILL to it: a killed
+    process leaves ``/proc`` once it has died; a zombie no longer counts. True when empty."""
+    deadline = time.monotonic() + timeout
+    while process_group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        _signal_group(pgid, signal.SIGKILL)
+        time.sleep(0.02)
+    return True
 
 
 def _http_ok(url: str) -> bool:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import shutil
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from rich.console import Console
@@ -24,6 +26,9 @@ from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from longtail_client.client import DEFAULT_TARGETS, LongtailClient, policy_spec
 from longtail_client.evaluation.command import add_eval_arguments, cmd_eval
+
+if TYPE_CHECKING:
+    from longtail_client.suite import LocalSuite
 
 console = Console()
 
@@ -193,22 +198,43 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 async def _serve_until_signal() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
 
 
+def _show_supervisor_log() -> None:
+    """Print the runner's own events (a child's exit, its restart) on stderr."""
+    logger = logging.getLogger("longtail.suite")
+    if not any(getattr(handler, "longtail_cli", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s supervisor: %(message)s", "%H:%M:%S"))
+        handler.longtail_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 async def cmd_up(args: argparse.Namespace, demo: bool = False) -> None:
-    from longtail_client.suite import FIXED_PORTS, LocalSuite, SuiteConfig
+    from longtail_client.suite import FIXED_PORTS, LocalSuite, PortInUseError, SuiteConfig
 
     workdir = Path(args.workdir)
     config = SuiteConfig(
         workdir=workdir,
         database_url=args.database_url,
         ports={} if args.free_ports else FIXED_PORTS,
+        supervise=not args.no_restart,
     )
+    _show_supervisor_log()
     console.print("[bold]starting Triton and the five services…[/bold]")
-    async with LocalSuite(config) as suite:
+    try:
+        await _run_suite(LocalSuite(config), args, demo)
+    except PortInUseError as error:
+        console.print(f"[red]{error}[/red]")
+        sys.exit(1)
+
+
+async def _run_suite(suite: LocalSuite, args: argparse.Namespace, demo: bool) -> None:
+    async with suite:
         for name, target in suite.targets.items():
             console.print(f"  {name:<10} {target}  (log {suite.log_path(name)})")
         console.print(f"  {'triton':<10} {suite.triton_url}")
@@ -216,7 +242,8 @@ async def cmd_up(args: argparse.Namespace, demo: bool = False) -> None:
             await _demo(args, suite.targets)
         if args.exit:
             return
-        console.print("[bold green]serving; Ctrl-C to stop[/bold green]")
+        restarting = "restarts what exits; " if suite.config.supervise else ""
+        console.print(f"[bold green]serving ({restarting}Ctrl-C to stop)[/bold green]")
         await _serve_until_signal()
 
 
@@ -271,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fresh", action="store_true", help="start from an empty workdir")
         p.add_argument("--free-ports", action="store_true", help="free ports, not 50050-50054")
         p.add_argument("--exit", action="store_true", help="stop after starting (and the demo)")
+        p.add_argument(
+            "--no-restart",
+            action="store_true",
+            help="leave a service or Triton that exits down (default: restart it, with backoff)",
+        )
 
     p = sub.add_parser("recommend", help="ask the gateway for a list")
     p.add_argument("user_id")
