@@ -256,3 +256,85 @@ async def test_a_missing_token_is_told_before_the_bytes_are_judged(tmp_path: Pat
             assert_malformed(await refused(channel, RERANK, RAW_FF, token), RERANK)
     finally:
         await running.stop(0)
+
+
+# A streaming service of each remaining shape (the suite's own services are all unary): requests
+# and answers are HealthCheckRequest / HealthCheckResponse, whose field 1 is a string.
+STREAMS = "/longtail.test.Streams/"
+
+
+async def _count(requests: AsyncIterator[Any], context: Any) -> health_pb2.HealthCheckResponse:
+    """stream-unary, coroutine."""
+    seen = [request.service async for request in requests]
+    return health_pb2.HealthCheckResponse(status=len(seen))
+
+
+async def _echo_writer(requests: AsyncIterator[Any], context: Any) -> None:
+    """stream-stream, coroutine writing through the context."""
+    async for request in requests:
+        await context.write(health_pb2.HealthCheckResponse(status=len(request.service)))
+
+
+async def _repeat(request: Any, context: Any) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+    """unary-stream, async generator."""
+    for _ in range(2):
+        yield health_pb2.HealthCheckResponse(status=len(request.service))
+
+
+def _add_streams(servicer: object, server: grpc.aio.Server) -> None:
+    decode = health_pb2.HealthCheckRequest.FromString
+    encode = health_pb2.HealthCheckResponse.SerializeToString
+    handlers = {
+        "Count": grpc.stream_unary_rpc_method_handler(
+            _count, request_deserializer=decode, response_serializer=encode
+        ),
+        "Echo": grpc.stream_stream_rpc_method_handler(
+            _echo_writer, request_deserializer=decode, response_serializer=encode
+        ),
+        "Repeat": grpc.unary_stream_rpc_method_handler(
+            _repeat, request_deserializer=decode, response_serializer=encode
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("longtail.test.Streams", handlers),)
+    )
+
+
+async def test_every_streaming_shape_refuses_undecodable_bytes_and_keeps_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    definition = ServiceDefinition("streams", [(_add_streams, object(), "longtail.test.Streams")])
+    running = await start_service(definition, ServerSettings(port=0))
+    one = health_pb2.HealthCheckRequest(service="abc").SerializeToString()
+
+    def stream(*payloads: bytes) -> Iterator[bytes]:
+        yield from payloads
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            count: Any = channel.stream_unary(STREAMS + "Count")
+            echo: Any = channel.stream_stream(STREAMS + "Echo")
+            repeat: Any = channel.unary_stream(STREAMS + "Repeat")
+
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await count(stream(one, INVALID_UTF8), timeout=TIMEOUT)
+            assert_malformed(caught.value, STREAMS + "Count")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in echo(stream(one, TRUNCATED_VARINT), timeout=TIMEOUT):
+                    pass
+            assert_malformed(caught.value, STREAMS + "Echo")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in repeat(RAW_FF, timeout=TIMEOUT):
+                    pass
+            assert_malformed(caught.value, STREAMS + "Repeat")
+
+            counted = await count(stream(one, one), timeout=TIMEOUT)
+            assert health_pb2.HealthCheckResponse.FromString(counted).status == 2
+            echoed = [raw async for raw in echo(stream(one, one), timeout=TIMEOUT)]
+            assert [health_pb2.HealthCheckResponse.FromString(r).status for r in echoed] == [3, 3]
+            repeated = [raw async for raw in repeat(one, timeout=TIMEOUT)]
+            assert [health_pb2.HealthCheckResponse.FromString(r).status for r in repeated] == [3, 3]
+    finally:
+        await running.stop(0)
+    assert_nothing_logged_above_info(caplog)
