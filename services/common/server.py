@@ -122,7 +122,9 @@ def _guard_streaming(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A streaming handler (health Watch, reflection) whose undecodable requests are refused
     with INVALID_ARGUMENT / MALFORMED_REQUEST; the behaviour is otherwise unchanged. Handlers
-    of a kind this cannot wrap faithfully (synchronous generators) are returned as they are."""
+    of a kind this cannot wrap faithfully (synchronous generators) are returned as they are, and
+    a streaming servicer must iterate its request iterator (``context.read()`` bypasses the
+    check; no servicer here reads that way)."""
     if handler.request_deserializer is None:
         return handler
     decode = _tolerant(handler.request_deserializer)
