@@ -5,11 +5,11 @@
 
 Starts a throwaway PostgreSQL cluster of its own (``initdb`` + ``pg_ctl`` from the Debian
 binaries under ``/usr/lib/postgresql/*/bin``, a free port on 127.0.0.1, a temporary folder; run
-as the ``postgres`` user when this runs as root) and the whole suite on it (LocalSuite, supervised,
-free ports), with a synthetic catalogue (demo texts and interactions, synthetic vectors, as
-``benchmarks.recommend`` does). Then an open-loop Recommend load (a fixed rate, bounded in count
-and time, loopback only; a share of new users with stated interests, which go through embeddings
-and Triton) runs through phases:
+as the ``postgres`` user through ``runuser`` when this runs as root) and the whole suite on it
+(LocalSuite, supervised, free ports), with a synthetic catalogue (demo texts and interactions,
+synthetic vectors, as ``benchmarks.recommend`` does). Then an open-loop Recommend load (a fixed
+rate, bounded in count and time, loopback only; a share of new users with stated interests, each
+text unique so that no cache stands in for Triton) runs through phases:
 
 - ``baseline``: no fault;
 - ``kill triton`` / ``kill ranking`` / ``kill exposure`` / ``kill profiles``: SIGKILL to the
@@ -112,19 +112,28 @@ class ThrowawayPostgres:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str) -> None:
+        command = ["/usr/bin/env", f"--chdir={self.root}", str(self.bin / args[0]), *args[1:]]
+        if self.user is not None:
+            # Not ``subprocess.run(user=...)``: its setreuid between fork and exec crashes the
+            # child (SIGSEGV/SIGABRT, ~40% of runs here) in a process whose gRPC threads are
+            # busy. ``runuser`` through posix_spawn (no Python code in the child) does not.
+            runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+            command = [runuser, "-u", self.user, "--", *command]
         result = subprocess.run(
-            [str(self.bin / args[0]), *args[1:]],
-            user=self.user,
+            command,
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
-            cwd=self.root,
+            close_fds=False,  # with cwd unset: posix_spawn (our descriptors are non-inheritable)
         )
         if result.returncode != 0:
             log = self.root / "postgres.log"
             tail = log.read_text()[-2000:] if log.exists() else ""
-            raise RuntimeError(f"{args[0]} failed: {result.stderr[-2000:]}\n{tail}")
+            raise RuntimeError(
+                f"{' '.join(args)} exited with {result.returncode}:\n"
+                f"{result.stdout[-2000:]}{result.stderr[-2000:]}\n{tail}"
+            )
 
     def start(self) -> None:
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8")
@@ -152,6 +161,14 @@ def throwaway_postgres() -> Iterator[ThrowawayPostgres]:
         yield cluster
     finally:
         cluster.remove()
+
+
+class UncachedWorkload(Workload):
+    """New users' interests made unique, so each one is embedded through Triton."""
+
+    def next(self) -> tuple[str, str]:
+        user, interests = super().next()
+        return user, f"{interests} ({uuid.uuid4().hex[:8]})" if interests else ""
 
 
 async def _one(
@@ -195,13 +212,15 @@ async def run_phase(
     done = asyncio.Event()
 
     async def inject() -> None:
-        await asyncio.sleep(args.lead)
-        if fault is not None:
-            started = time.monotonic()
-            await fault()
-            phase.recovery_seconds = time.monotonic() - started
-        await asyncio.sleep(args.settle)
-        done.set()
+        try:
+            await asyncio.sleep(args.lead)
+            if fault is not None:
+                started = time.monotonic()
+                await fault()
+                phase.recovery_seconds = time.monotonic() - started
+            await asyncio.sleep(args.settle)
+        finally:
+            done.set()  # a fault that failed ends the phase too; the error is raised below
 
     injector = asyncio.create_task(inject())
     tasks = []
@@ -349,7 +368,7 @@ async def _run(
     )
     dataset = await prepare(client, catalogue)
     users = sorted({i.user_id for i in dataset.interactions})
-    workload = Workload(users, args.cold_share, args.seed)
+    workload = UncachedWorkload(users, args.cold_share, args.seed)
     warm = Phase("warm-up")
     for _ in range(20):
         await _one(client, workload, warm, args.k, 30.0)

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import csv
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -250,27 +251,30 @@ async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="longtail-soak-"))
     config = SuiteConfig(workdir=workdir, supervise=True, start_timeout_seconds=600)
     series: dict[tuple[str, int], Series] = {}
-    async with LocalSuite(config) as suite:
-        async with LongtailClient(suite.targets, timeout_seconds=60) as client:
-            catalogue = argparse.Namespace(
-                catalogue="synthetic",
-                items=args.items,
-                users=args.users,
-                seed=args.seed,
-                dataset="",
-            )
-            dataset = await prepare(client, catalogue)
-            users = sorted({i.user_id for i in dataset.interactions})
-            workload = Workload(users, args.cold_share, args.seed)
-            console.print(f"soak: {args.rate:g} req/s for {args.minutes:g} min…")
-            stop = asyncio.Event()
-            watcher = asyncio.create_task(
-                sampler(suite, series, args.interval, time.monotonic(), stop)
-            )
-            load = await run_load(client, workload, args.rate, seconds, args.k)
-            stop.set()
-            await watcher
-        restarts = dict(suite.restarts)
+    try:
+        async with LocalSuite(config) as suite:
+            async with LongtailClient(suite.targets, timeout_seconds=60) as client:
+                catalogue = argparse.Namespace(
+                    catalogue="synthetic",
+                    items=args.items,
+                    users=args.users,
+                    seed=args.seed,
+                    dataset="",
+                )
+                dataset = await prepare(client, catalogue)
+                users = sorted({i.user_id for i in dataset.interactions})
+                workload = Workload(users, args.cold_share, args.seed)
+                console.print(f"soak: {args.rate:g} req/s for {args.minutes:g} min…")
+                stop = asyncio.Event()
+                watcher = asyncio.create_task(
+                    sampler(suite, series, args.interval, time.monotonic(), stop)
+                )
+                load = await run_load(client, workload, args.rate, seconds, args.k)
+                stop.set()
+                await watcher
+            restarts = dict(suite.restarts)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, workdir, True)
     p50, p99 = np.percentile(load.latencies_ms, [50, 99]) if load.latencies_ms else (np.nan, np.nan)
     console.print(
         f"requests: {load.sent} sent, {load.ok} ok, {load.errors} errors, "
