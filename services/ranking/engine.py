@@ -51,6 +51,9 @@ MAX_EXCLUSIONS = 10_000
 MAX_INTERESTS_CHARS = 8192
 MAX_FACTORS = 1024
 MAX_ITERATIONS = 1000
+# Useful L2 regularisation of implicit ALS lies around 0.001-10; far larger values (1e30) make
+# its float32 solver produce NaN factors, so they are refused up front.
+MAX_REGULARIZATION = 1e6
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -162,9 +165,11 @@ def resolve_als_params(
             f"iterations must be in 0..{MAX_ITERATIONS}",
             iterations=iterations,
         )
-    if not math.isfinite(regularization) or regularization < 0:
+    if not math.isfinite(regularization) or not 0 <= regularization <= MAX_REGULARIZATION:
         raise InvalidArgument(
-            "REGULARIZATION_OUT_OF_RANGE", "regularization must be finite and >= 0"
+            "REGULARIZATION_OUT_OF_RANGE",
+            f"regularization must be finite and in 0..{MAX_REGULARIZATION:g}",
+            regularization=regularization,
         )
     return dataclasses.replace(
         base,

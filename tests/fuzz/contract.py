@@ -194,23 +194,7 @@ class KnownDefect:
     matches: Callable[[message.Message], bool]
 
 
-def _huge_regularization(request: Any) -> bool:
-    value = float(request.regularization)
-    return math.isfinite(value) and value > 1e15
-
-
-KNOWN_DEFECTS: tuple[KnownDefect, ...] = (
-    KnownDefect(
-        "/longtail.ranking.v1.RankingService/TrainModel",
-        "a finite but huge regularization (1e30 and 1e308 fail on the fuzz suite's data, 1e20 "
-        "still fits) passes resolve_als_params (finite, >= 0) and makes implicit's float32 ALS "
-        "produce NaN factors: implicit.recommender_base.ModelFitError('NaN encountered in "
-        "factors') escapes the ranking service as UNKNOWN. Expected INVALID_ARGUMENT "
-        "(REGULARIZATION_OUT_OF_RANGE) from an upper bound in resolve_als_params. Kept out: "
-        "regularization > 1e15.",
-        _huge_regularization,
-    ),
-)
+KNOWN_DEFECTS: tuple[KnownDefect, ...] = ()
 
 
 def known_defect(method: str, request: message.Message) -> KnownDefect | None:

@@ -280,6 +280,9 @@ async def test_train_model_validation_and_no_interactions(env: Env) -> None:
         (pb.TrainModelRequest(factors=-1), "FACTORS_OUT_OF_RANGE"),
         (pb.TrainModelRequest(iterations=100_000), "ITERATIONS_OUT_OF_RANGE"),
         (pb.TrainModelRequest(regularization=-0.5), "REGULARIZATION_OUT_OF_RANGE"),
+        # Finite but huge: implicit's float32 ALS fitted NaN factors and the call was UNKNOWN.
+        (pb.TrainModelRequest(regularization=1e30), "REGULARIZATION_OUT_OF_RANGE"),
+        (pb.TrainModelRequest(regularization=1e308), "REGULARIZATION_OUT_OF_RANGE"),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await env.stub.TrainModel(request, timeout=5)
