@@ -51,9 +51,9 @@ from pathlib import Path
 
 import grpc
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks.recommend import Workload, prepare
+from benchmarks.tables import emit_table
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail_client.client import LongtailClient
 from longtail_client.suite import SERVICES, TRITON, LocalSuite, SuiteConfig
@@ -305,10 +305,7 @@ def report(phases: list[Phase], audited: dict[str, Counter[str]], has_degraded: 
         "logged, call failed",
         "recovery s",
     ]
-    table = Table(title="Recommend under faults")
-    for column in header:
-        table.add_column(column, justify="left" if column in ("phase", header[3]) else "right")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows: list[list[str]] = []
     for phase in phases:
         codes = Counter(o.code for o in phase.outcomes if not o.ok)
         allowed = DOCUMENTED.get(phase.name, set())
@@ -329,12 +326,15 @@ def report(phases: list[Phase], audited: dict[str, Counter[str]], has_degraded: 
             str(counts["logged, call failed"]),
             "" if phase.recovery_seconds is None else f"{phase.recovery_seconds:.1f}",
         ]
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-    console.print(table)
-    text = "\n".join(lines)
-    print(text, flush=True)  # the same, whole, however narrow the terminal
-    return text
+        rows.append(cells)
+    return emit_table(
+        console,
+        "Recommend under faults",
+        header,
+        rows,
+        left=("phase", header[3]),
+        echo_markdown=True,
+    )
 
 
 async def main(args: argparse.Namespace) -> int:

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
+from benchmarks.tables import emit_table
 from longtail.common.v1 import common_pb2
 from longtail.embeddings.v1 import embeddings_service_pb2
 from longtail.exposure.v1 import exposure_service_pb2
@@ -295,13 +295,9 @@ async def prepare(client: LongtailClient, args: argparse.Namespace) -> datasets.
 
 
 def print_table(rows: list[Row], title: str) -> str:
-    table = Table(title=title)
     header = ["mode", "load", "sent", "ok", "errors", "fallback", "req/s", "p50 ms", "p99 ms"]
-    for column in header:
-        table.add_column(column, justify="left" if column in ("mode", "load") else "right")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [
+    cells = [
+        [
             row.mode,
             row.load,
             str(row.sent),
@@ -312,10 +308,9 @@ def print_table(rows: list[Row], title: str) -> str:
             f"{row.percentile(50):.2f}",
             f"{row.percentile(99):.2f}",
         ]
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-    console.print(table)
-    return "\n".join(lines)
+        for row in rows
+    ]
+    return emit_table(console, title, header, cells, left=("mode", "load"))
 
 
 def plot(rows: list[Row], path: Path) -> None:

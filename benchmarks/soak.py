@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks.recommend import Workload, prepare
+from benchmarks.tables import emit_table
 from longtail_client.client import LongtailClient
 from longtail_client.suite import LocalSuite, SuiteConfig
 
@@ -187,10 +187,7 @@ def report(rows: list[Growth], title: str) -> str:
         "fds end",
         "fd growth",
     ]
-    table = Table(title=title)
-    for column in header:
-        table.add_column(column, justify="left" if column == "process" else "right")
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells_rows: list[list[str]] = []
     for row in rows:
         cells = [
             row.label,
@@ -203,12 +200,8 @@ def report(rows: list[Growth], title: str) -> str:
             str(row.fds_end),
             f"{row.fds_end - row.fds_start:+d}",
         ]
-        table.add_row(*cells)
-        lines.append("| " + " | ".join(cells) + " |")
-    console.print(table)
-    text = "\n".join(lines)
-    print(text, flush=True)  # the same, whole, however narrow the terminal
-    return text
+        cells_rows.append(cells)
+    return emit_table(console, title, header, cells_rows, left=("process",), echo_markdown=True)
 
 
 def write_outputs(
