@@ -49,8 +49,8 @@ BUDGET_RATIO = 0.9
 
 def catalogue_texts(dataset: Path) -> tuple[list[common_pb2.Item], list[str]]:
     """The catalogue as the product loads it (``read_movielens``) and each item's text."""
-    from longtail_client.datasets import read_movielens
-    from longtail_client.indexing import item_text
+    from services.suite.datasets import read_movielens
+    from services.suite.indexing import item_text
 
     items = [
         common_pb2.Item(
@@ -222,7 +222,7 @@ async def index_movielens(
 ) -> tuple[float, dict[str, Any]]:
     """Load the items into a fresh profiles service (SQLite) and time ``index_catalogue``."""
     from longtail.profiles.v1 import profiles_service_pb2 as profiles_pb
-    from longtail_client.indexing import index_catalogue
+    from services.suite.indexing import index_catalogue
 
     env = {
         "LONGTAIL_PROFILES_DATABASE_URL": f"sqlite:///{workdir / 'profiles.db'}",

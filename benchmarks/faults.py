@@ -56,8 +56,8 @@ from benchmarks.recommend import Workload, prepare
 from benchmarks.tables import emit_table
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail_client.client import LongtailClient
-from longtail_client.suite import SERVICES, TRITON, LocalSuite, SuiteConfig
 from services.embeddings.tritonserver import free_ports
+from services.suite.local import SERVICES, TRITON, LocalSuite, SuiteConfig
 
 console = Console()
 

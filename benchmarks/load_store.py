@@ -19,12 +19,12 @@ from pathlib import Path
 
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
-from longtail_client.datasets import Dataset, read_generic, read_movielens, upload
 from services.common.channels import open_channel
 from services.common.server import start_service
 from services.common.settings import ClientSettings, ServerSettings
 from services.profiles.app import ProfilesSettings, build
 from services.profiles.store import migrate
+from services.suite.datasets import Dataset, read_generic, read_movielens, upload
 
 
 def _read(path: Path) -> Dataset:

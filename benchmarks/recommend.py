@@ -40,10 +40,10 @@ from longtail.embeddings.v1 import embeddings_service_pb2
 from longtail.exposure.v1 import exposure_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-from longtail_client import datasets
 from longtail_client.client import LongtailClient
-from longtail_client.indexing import index_catalogue
-from longtail_client.suite import LocalSuite, SuiteConfig
+from services.suite import datasets
+from services.suite.indexing import index_catalogue
+from services.suite.local import LocalSuite, SuiteConfig
 
 console = Console()
 

@@ -36,7 +36,7 @@ from rich.console import Console
 from benchmarks.recommend import Workload, prepare
 from benchmarks.tables import emit_table
 from longtail_client.client import LongtailClient
-from longtail_client.suite import LocalSuite, SuiteConfig
+from services.suite.local import LocalSuite, SuiteConfig
 
 console = Console()
 MIB_PER_KIB = 1 / 1024  # VmRSS is in kB

@@ -11,7 +11,11 @@ import pytest
 
 from longtail.profiles.v1 import profiles_service_pb2 as pb
 from longtail.profiles.v1 import profiles_service_pb2_grpc
-from longtail_client.datasets import (
+from services.common.channels import open_channel
+from services.common.server import start_service
+from services.common.settings import ClientSettings, ServerSettings
+from services.profiles.app import ProfilesSettings, build
+from services.suite.datasets import (
     DEMO_CATEGORIES,
     Dataset,
     DatasetError,
@@ -25,10 +29,6 @@ from longtail_client.datasets import (
     upload,
     write_generic,
 )
-from services.common.channels import open_channel
-from services.common.server import start_service
-from services.common.settings import ClientSettings, ServerSettings
-from services.profiles.app import ProfilesSettings, build
 
 MOVIELENS = (
     Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "movielens-latest-small"

@@ -23,14 +23,14 @@ import pytest
 
 from longtail.embeddings.v1 import embeddings_service_pb2, embeddings_service_pb2_grpc
 from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
-from longtail_client.suite import (
+from services.embeddings.tritonserver import process_group_members
+from services.suite.local import (
     TRITON,
     LocalSuite,
     PortInUseError,
     SuiteConfig,
     port_is_free,
 )
-from services.embeddings.tritonserver import process_group_members
 from tests.conftest import require_triton
 
 # Generous bounds for a busy 2-core machine: a start, a restart, a health check.
@@ -267,7 +267,8 @@ def test_longtail_up_on_a_taken_port_says_what_to_do(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``longtail up`` prints the error (no traceback) and exits 1, before starting anything."""
-    from longtail_client import cli, suite
+    from services.suite import cli
+    from services.suite import local as suite
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

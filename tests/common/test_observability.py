@@ -29,7 +29,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from longtail.common.v1 import common_pb2
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-from longtail_client.evaluation.metrics import gini as offline_gini
 from services.common.channels import check_health
 from services.common.logging import JsonFormatter
 from services.common.observability import (
@@ -48,6 +47,7 @@ from services.common.server import _ErrorAndContextInterceptor
 from services.common.settings import load_settings
 from services.gateway.pipeline import PipelineConfig, RecommendPipeline
 from services.gateway.servicer import GatewayServicer
+from services.suite.evaluation.metrics import gini as offline_gini
 from tests.gateway.fakes import FakeExposure, FakeProfiles, FakeRanking
 
 GATEWAY = "longtail.gateway.v1.GatewayService"

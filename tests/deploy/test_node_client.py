@@ -24,10 +24,10 @@ import pytest_asyncio
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc
 from longtail.profiles.v1 import profiles_service_pb2_grpc
 from longtail.ranking.v1 import ranking_service_pb2, ranking_service_pb2_grpc
-from longtail_client import datasets
-from longtail_client.suite import LocalSuite, SuiteConfig
 from services.common.channels import open_channel
 from services.common.settings import ClientSettings
+from services.suite import datasets
+from services.suite.local import LocalSuite, SuiteConfig
 from tests.conftest import missing, require_triton
 from tests.e2e.suite_env import GENEROUS_ENV, START_TIMEOUT
 
@@ -79,7 +79,7 @@ def test_node_client_builds_from_the_protos_and_its_wrapper_tests_pass() -> None
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def gateway_user(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[str, str]]:
     """A running suite (bearer token on) with a tiny catalogue indexed and trained."""
-    from longtail_client.indexing import index_catalogue
+    from services.suite.indexing import index_catalogue
 
     require_triton()
     config = SuiteConfig(

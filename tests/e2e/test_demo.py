@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from longtail_client import datasets
+from services.suite import datasets
 from tests.conftest import require_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

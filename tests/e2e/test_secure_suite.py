@@ -11,10 +11,10 @@ import pytest
 
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
 from longtail.ranking.v1 import ranking_service_pb2
-from longtail_client import datasets
 from longtail_client.client import LongtailClient
-from longtail_client.indexing import index_catalogue
-from longtail_client.suite import LocalSuite, SuiteConfig
+from services.suite import datasets
+from services.suite.indexing import index_catalogue
+from services.suite.local import LocalSuite, SuiteConfig
 from tests.conftest import missing, require_triton
 from tests.e2e.suite_env import CALL_TIMEOUT, GENEROUS_ENV, START_TIMEOUT
 

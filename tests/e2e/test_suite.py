@@ -22,10 +22,10 @@ from longtail.common.v1 import common_pb2
 from longtail.embeddings.v1 import embeddings_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-from longtail_client import datasets
 from longtail_client.client import LongtailClient, policy_spec
-from longtail_client.indexing import index_catalogue
-from longtail_client.suite import LocalSuite, SuiteConfig
+from services.suite import datasets
+from services.suite.indexing import index_catalogue
+from services.suite.local import LocalSuite, SuiteConfig
 from tests.conftest import require_triton
 from tests.e2e.suite_env import CALL_TIMEOUT, GENEROUS_ENV, START_TIMEOUT
 

@@ -15,12 +15,12 @@ from longtail.embeddings.v1 import embeddings_service_pb2 as embeddings_pb
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as embeddings_grpc
 from longtail.profiles.v1 import profiles_service_pb2 as profiles_pb
 from longtail.profiles.v1 import profiles_service_pb2_grpc as profiles_grpc
-from longtail_client.indexing import index_catalogue, item_text
 from services.common.server import start_service
 from services.common.settings import ServerSettings
 from services.embeddings.tritonserver import TritonServer
 from services.profiles.app import build as build_profiles
 from services.profiles.config import ProfilesSettings
+from services.suite.indexing import index_catalogue, item_text
 from tests.embeddings.conftest import Reference, serve_embeddings, wait_for_health
 
 pytestmark = pytest.mark.triton

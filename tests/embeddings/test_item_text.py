@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from longtail.common.v1 import common_pb2
-from longtail_client.indexing import item_text
+from services.suite.indexing import item_text
 
 
 def test_item_text_is_title_description_categories_tags() -> None:

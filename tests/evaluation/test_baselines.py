@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from longtail_client.evaluation.baselines import (
+from services.suite.evaluation.baselines import (
     Als,
     AlsParams,
     ContentOnly,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from longtail_client.evaluation.metrics import (
+from services.suite.evaluation.metrics import (
     ItemFacts,
     coverage_at_k,
     evaluate,

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from longtail_client.evaluation.metrics import METRICS
-from longtail_client.evaluation.report import ResultRow, markdown, write_outputs
-from longtail_client.evaluation.serving import PolicySetting, default_sweep
+from services.suite.evaluation.metrics import METRICS
+from services.suite.evaluation.report import ResultRow, markdown, write_outputs
+from services.suite.evaluation.serving import PolicySetting, default_sweep
 
 
 def test_policy_settings_build_the_specs_the_gateway_reads() -> None:
@@ -80,8 +80,8 @@ def test_outputs_hold_every_row_and_metric(tmp_path: Path) -> None:
 
 
 def test_cli_parses_eval_and_service_environment() -> None:
-    from longtail_client.cli import COMMANDS, build_parser
-    from longtail_client.evaluation.command import _service_env
+    from services.suite.cli import COMMANDS, build_parser
+    from services.suite.evaluation.command import _service_env
 
     args = build_parser().parse_args(
         ["eval", "data", "--full", "--env", "ranking:LONGTAIL_RANKING_KAPPA=5", "--seed", "3"]
@@ -96,8 +96,8 @@ def test_cli_parses_eval_and_service_environment() -> None:
 def test_subset_keeps_the_users_their_items_and_some_cold_ones() -> None:
     import datetime as dt
 
-    from longtail_client.datasets import Dataset, InteractionRecord, ItemRecord, UserRecord
-    from longtail_client.evaluation.runner import subset
+    from services.suite.datasets import Dataset, InteractionRecord, ItemRecord, UserRecord
+    from services.suite.evaluation.runner import subset
 
     when = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
     data = Dataset(

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from longtail_client import datasets
-from longtail_client.evaluation.metrics import METRICS
-from longtail_client.evaluation.runner import (
+from services.suite import datasets
+from services.suite.evaluation.metrics import METRICS
+from services.suite.evaluation.runner import (
     EvalConfig,
     natural_key,
     run_evaluation,
     subset,
 )
-from longtail_client.evaluation.serving import PolicySetting, default_sweep
+from services.suite.evaluation.serving import PolicySetting, default_sweep
 from tests.conftest import require_triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]

@@ -8,8 +8,8 @@ from collections import defaultdict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from longtail_client.datasets import InteractionRecord
-from longtail_client.evaluation.split import (
+from services.suite.datasets import InteractionRecord
+from services.suite.evaluation.split import (
     Split,
     global_time_split,
     holdout_count,

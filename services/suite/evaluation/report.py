@@ -13,7 +13,7 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
-from longtail_client.evaluation.metrics import METRICS, gini, lorenz_curve
+from services.suite.evaluation.metrics import METRICS, gini, lorenz_curve
 
 HEADERS = {
     "ndcg": "NDCG",

@@ -51,8 +51,8 @@ def _service_env(pairs: list[str]) -> dict[str, dict[str, str]]:
 async def cmd_eval(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from longtail_client import datasets
-    from longtail_client.evaluation.runner import EvalConfig, run_evaluation, subset
+    from services.suite import datasets
+    from services.suite.evaluation.runner import EvalConfig, run_evaluation, subset
 
     folder = Path(args.path)
     fmt = args.format

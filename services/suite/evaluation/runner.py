@@ -31,9 +31,9 @@ from rich.console import Console
 
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-from longtail_client import datasets
 from longtail_client.client import LongtailClient
-from longtail_client.evaluation.baselines import (
+from services.suite import datasets
+from services.suite.evaluation.baselines import (
     Als,
     AlsParams,
     ContentOnly,
@@ -45,10 +45,10 @@ from longtail_client.evaluation.baselines import (
     scored_lists,
     xquad_lists,
 )
-from longtail_client.evaluation.metrics import ItemFacts, evaluate, exposure_counts, ndcg_at_k
-from longtail_client.evaluation.report import ResultRow, print_tables, write_outputs
-from longtail_client.evaluation.serving import PolicySetting, default_sweep, serve_setting
-from longtail_client.evaluation.split import Split, split
+from services.suite.evaluation.metrics import ItemFacts, evaluate, exposure_counts, ndcg_at_k
+from services.suite.evaluation.report import ResultRow, print_tables, write_outputs
+from services.suite.evaluation.serving import PolicySetting, default_sweep, serve_setting
+from services.suite.evaluation.split import Split, split
 
 TUNING_K = 10
 
@@ -259,8 +259,8 @@ async def run_evaluation(
     name: str = "dataset",
 ) -> EvalResult:
     """The whole evaluation; writes the outputs under ``config.out`` and returns the rows."""
-    from longtail_client.indexing import index_catalogue
-    from longtail_client.suite import LocalSuite, SuiteConfig
+    from services.suite.indexing import index_catalogue
+    from services.suite.local import LocalSuite, SuiteConfig
 
     console = console or Console()
     clock = _Clock()

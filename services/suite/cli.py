@@ -25,10 +25,10 @@ from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from longtail_client.client import DEFAULT_TARGETS, LongtailClient, policy_spec
-from longtail_client.evaluation.command import add_eval_arguments, cmd_eval
+from services.suite.evaluation.command import add_eval_arguments, cmd_eval
 
 if TYPE_CHECKING:
-    from longtail_client.suite import LocalSuite
+    from services.suite.local import LocalSuite
 
 console = Console()
 
@@ -147,7 +147,7 @@ async def cmd_policies(args: argparse.Namespace) -> None:
 
 
 async def cmd_load(args: argparse.Namespace) -> None:
-    from longtail_client import datasets
+    from services.suite import datasets
 
     if args.format == "demo":
         dataset = datasets.make_demo_catalogue(args.items, args.users, args.seed)
@@ -161,7 +161,7 @@ async def cmd_load(args: argparse.Namespace) -> None:
 
 
 async def cmd_index(args: argparse.Namespace) -> None:
-    from longtail_client.indexing import index_catalogue
+    from services.suite.indexing import index_catalogue
 
     async with _client(args) as client:
         report = await index_catalogue(client.profiles, client.embeddings, args.batch_size)
@@ -215,7 +215,7 @@ def _show_supervisor_log() -> None:
 
 
 async def cmd_up(args: argparse.Namespace, demo: bool = False) -> None:
-    from longtail_client.suite import FIXED_PORTS, LocalSuite, PortInUseError, SuiteConfig
+    from services.suite.local import FIXED_PORTS, LocalSuite, PortInUseError, SuiteConfig
 
     workdir = Path(args.workdir)
     config = SuiteConfig(
@@ -248,8 +248,8 @@ async def _run_suite(suite: LocalSuite, args: argparse.Namespace, demo: bool) ->
 
 
 async def _demo(args: argparse.Namespace, targets: dict[str, str]) -> None:
-    from longtail_client import datasets
-    from longtail_client.indexing import index_catalogue
+    from services.suite import datasets
+    from services.suite.indexing import index_catalogue
 
     async with LongtailClient(targets, timeout_seconds=30) as client:
         stats = await client.profiles.GetCatalogStats(
