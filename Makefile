@@ -5,13 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 GEN := clients/python/longtail
 PROTOS := $(shell find protos -name '*.proto')
-# The tests that need PostgreSQL, Triton, node/npm (the Node client) or openssl (TLS) fail, never
-# skip, when those are unusable, unless told otherwise, e.g. make test REQUIRE_POSTGRES=0; likewise
-# REQUIRE_TRITON=0, REQUIRE_NODE=0, REQUIRE_OPENSSL=0 (the tests are then reported as skipped).
+# The tests that need PostgreSQL, Triton, node/npm (the Node client), openssl (TLS) or a browser
+# (headless Chromium, the dashboard test) fail, never skip, when those are unusable, unless told
+# otherwise, e.g. make test REQUIRE_POSTGRES=0; likewise REQUIRE_TRITON=0, REQUIRE_NODE=0,
+# REQUIRE_OPENSSL=0, REQUIRE_BROWSER=0 (the tests are then reported as skipped).
 REQUIRE_POSTGRES ?= 1
 REQUIRE_TRITON ?= 1
 REQUIRE_NODE ?= 1
 REQUIRE_OPENSSL ?= 1
+REQUIRE_BROWSER ?= 1
 # apt-get as root, else through sudo.
 APT_GET := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
 
@@ -44,11 +46,14 @@ $(GEN)/.generated: $(PROTOS) $(VENV)/.installed
 	touch $@
 
 # System tools, installed (Debian/Ubuntu packages) only when absent: node and npm build and test
-# the Node client; openssl makes the certificates of the TLS tests.
+# the Node client; openssl makes the certificates of the TLS tests; Debian's headless-capable
+# chromium is the browser Playwright drives in the dashboard test (Playwright's own browser
+# download is not used: tests/dashboard points it at /usr/bin/chromium).
 tools:
 	@command -v openssl >/dev/null || ($(APT_GET) update && $(APT_GET) install -y openssl)
 	@(command -v node && command -v npm) >/dev/null || \
 	  ($(APT_GET) update && $(APT_GET) install -y nodejs npm)
+	@test -x /usr/bin/chromium || ($(APT_GET) update && $(APT_GET) install -y chromium)
 
 NODE_CLIENT := clients/node
 # The Node client's packages, exactly as its package-lock.json says (npm registry).
@@ -75,6 +80,7 @@ lint: setup
 test: lint
 	LONGTAIL_REQUIRE_POSTGRES=$(REQUIRE_POSTGRES) LONGTAIL_REQUIRE_TRITON=$(REQUIRE_TRITON) \
 	  LONGTAIL_REQUIRE_NODE=$(REQUIRE_NODE) LONGTAIL_REQUIRE_OPENSSL=$(REQUIRE_OPENSSL) \
+	  LONGTAIL_REQUIRE_BROWSER=$(REQUIRE_BROWSER) \
 	  $(BIN)/pytest -q
 
 # Unit tests only: no Triton, no PostgreSQL.
