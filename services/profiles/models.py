@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -117,6 +118,16 @@ class Interaction(Base):
     __table_args__ = (
         Index(None, "user_id", "occurred_at"),
         Index(None, "item_id"),
+        # Feedback on served lists (the dashboard's clicks and request explorer); partial: the
+        # bulk of the interactions (loaded histories) answer no request.
+        Index(
+            None,
+            "request_id",
+            "item_id",
+            "kind",
+            sqlite_where=sa.text("request_id IS NOT NULL"),
+            postgresql_where=sa.text("request_id IS NOT NULL"),
+        ),
     )
 
 
@@ -135,6 +146,9 @@ class Impression(Base):
     reason: Mapped[str] = mapped_column(String(32))
     score: Mapped[float] = mapped_column(Float, default=0.0)
     served_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+    # The dashboard's time windows and its newest-first list of served requests.
+    __table_args__ = (Index(None, "served_at", "request_id"),)
 
 
 class ItemCounter(Base):
