@@ -23,17 +23,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import random
+import signal
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
 
+from benchmarks.cpu import SERVICE_ORDER, CpuSnapshot
 from benchmarks.tables import emit_table
 from longtail.common.v1 import common_pb2
 from longtail.embeddings.v1 import embeddings_service_pb2
@@ -58,6 +63,8 @@ class Row:
     fallbacks: int
     seconds: float
     latencies_ms: list[float]
+    # CPU-ms per answered request of each suite process, "total" and "load gen" (benchmarks.cpu).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def throughput(self) -> float:
@@ -214,9 +221,10 @@ async def per_hop(client: LongtailClient, users: list[str], calls: int, k: int) 
             timeout=5,
         )
         record("exposure.Rerank", started)
+        hop_request_id = f"bench-hop-{time.time_ns()}"  # one request_id per served list
         impressions = [
             common_pb2.Impression(
-                request_id=f"bench-hop-{time.time_ns()}",
+                request_id=hop_request_id,
                 position=item.position,
                 user_id=user,
                 item_id=item.item_id,
@@ -352,6 +360,41 @@ def write_outputs(
     console.print(f"wrote {out}/recommend-{catalogue}.md and .png")
 
 
+async def measured(suite: LocalSuite, run: Coroutine[Any, Any, Row]) -> Row:
+    """``run``'s row with the CPU each suite process spent on it, per answered request."""
+    groups = suite.group_members()
+    before = CpuSnapshot.take(groups)
+    row = await run
+    row.cpu_ms = before.per_request_ms(CpuSnapshot.take(groups), row.ok)
+    return row
+
+
+def print_cpu_table(rows: list[Row], title: str) -> str:
+    columns = ["total", *SERVICE_ORDER, "load gen"]
+    header = ["mode", "load", "req/s", *[f"{c} CPU-ms" for c in columns]]
+    cells = [
+        [
+            row.mode,
+            row.load,
+            f"{row.throughput:.1f}",
+            *[f"{row.cpu_ms.get(c, 0.0):.2f}" for c in columns],
+        ]
+        for row in rows
+        if row.cpu_ms
+    ]
+    return emit_table(console, title, header, cells, left=("mode", "load"))
+
+
+def enable_profiling(folder: str) -> None:
+    """Every service process started after this profiles itself (profiling/sitecustomize.py)."""
+    profile_dir = Path(folder).resolve()
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["LONGTAIL_PROFILE_DIR"] = str(profile_dir)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(Path(__file__).parent / "profiling"), os.environ.get("PYTHONPATH")])
+    )
+
+
 async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="longtail-bench-"))
     async with LocalSuite(SuiteConfig(workdir=workdir)) as suite:
@@ -362,11 +405,25 @@ async def main(args: argparse.Namespace) -> None:
             workload = Workload(users, args.cold_share, args.seed)
             for _ in range(20):  # warm caches and connections
                 await _one(client, workload, args.k, 5.0)
+            if args.profile:
+                # The profiles then hold the measured load only (profiling/sitecustomize.py).
+                for name, pids in suite.group_members().items():
+                    if name == "triton":  # not Python: SIGUSR1 would end it
+                        continue
+                    for pid in pids:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGUSR1)
             rows: list[Row] = []
             for concurrency in args.concurrency:
-                rows.append(await closed_loop(client, workload, concurrency, args.seconds, args.k))
+                rows.append(
+                    await measured(
+                        suite, closed_loop(client, workload, concurrency, args.seconds, args.k)
+                    )
+                )
             for rate in args.rates:
-                rows.append(await open_loop(client, workload, rate, args.seconds, args.k))
+                rows.append(
+                    await measured(suite, open_loop(client, workload, rate, args.seconds, args.k))
+                )
             hops = await per_hop(client, users, args.hop_calls, args.k)
         finally:
             await client.close()
@@ -375,6 +432,8 @@ async def main(args: argparse.Namespace) -> None:
         f"cold share {args.cold_share:g}"
     )
     text = print_table(rows, title)
+    cpu_text = print_cpu_table(rows, "CPU-ms per answered Recommend, per process (from /proc)")
+    text = f"{text}\n\n{cpu_text}"
     hop_text = print_table(hops, "Per hop, sequential direct calls")
     if args.out:
         await asyncio.to_thread(
@@ -402,9 +461,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200])
     parser.add_argument("--hop-calls", type=int, default=200)
+    parser.add_argument(
+        "--profile", help="folder: each service writes a cProfile dump there when the suite stops"
+    )
     parser.add_argument("--out", help="folder for the markdown table and the plot")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse()))
+    arguments = parse()
+    if arguments.profile:
+        enable_profiling(arguments.profile)
+    asyncio.run(main(arguments))
