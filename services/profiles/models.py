@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     Float,
@@ -162,3 +163,22 @@ class ItemCounter(Base):
     interaction_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     impression_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     feedback_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class ModelPublication(Base):
+    """The model registry: each row makes ``version`` the active bundle of ``model_kind``; the
+    latest row of a kind wins. Rows are never updated: the history is the audit trail."""
+
+    __tablename__ = "model_publications"
+
+    publication_id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    model_kind: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(ID_LENGTH))
+    manifest_sha256: Mapped[str] = mapped_column(String(64), default="")
+    published_by: Mapped[str] = mapped_column(String(ID_LENGTH), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    published_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    rollback: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # The active version of a kind: its row with the largest publication_id.
+    __table_args__ = (Index(None, "model_kind", "publication_id"),)

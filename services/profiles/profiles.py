@@ -341,6 +341,11 @@ class Profiles:
             else None
         )
 
+    @property
+    def database(self) -> Database:
+        """The store these operations run on (the model registry shares it)."""
+        return self._db
+
     def _head_snapshot(self, session: Session, force: bool = False) -> HeadSnapshot:
         """The head set; the first one is read in ``session``, later refreshes in the background
         (their own read transaction) while requests keep the previous set."""

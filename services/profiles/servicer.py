@@ -14,6 +14,7 @@ from longtail.profiles.v1 import profiles_service_pb2_grpc
 from services.common.errors import InvalidArgument
 from services.profiles import records
 from services.profiles.profiles import Profiles
+from services.profiles.registry import ModelRegistry, Publication
 
 # Enum numbers to stored names; numbers not listed (UNSPECIFIED, unknown) become a name the
 # domain rejects with INVALID_INTERACTION_KIND / INVALID_REASON.
@@ -158,9 +159,23 @@ def _stats_out(stats: records.ItemStats) -> common_pb2.ItemStats:
     )
 
 
+def _publication_out(publication: Publication) -> pb.ModelPublication:
+    return pb.ModelPublication(
+        publication_id=publication.publication_id,
+        model_kind=publication.model_kind,
+        version=publication.version,
+        manifest_sha256=publication.manifest_sha256,
+        published_by=publication.published_by,
+        reason=publication.reason,
+        published_at=_time_out(publication.published_at),
+        rollback=publication.rollback,
+    )
+
+
 class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
-    def __init__(self, profiles: Profiles) -> None:
+    def __init__(self, profiles: Profiles, registry: ModelRegistry | None = None) -> None:
         self._profiles = profiles
+        self._registry = registry or ModelRegistry(profiles.database)
 
     async def UpsertItems(
         self, request: pb.UpsertItemsRequest, context: ServicerContext
@@ -306,3 +321,44 @@ class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
             head_min_interactions=stats.head_min_interactions,
             computed_at=_time_out(stats.computed_at),
         )
+
+    # ---- the model registry (services/profiles/registry.py)
+
+    async def PublishModel(
+        self, request: pb.PublishModelRequest, context: ServicerContext
+    ) -> pb.PublishModelResponse:
+        publication = await self._registry.publish(
+            request.model_kind,
+            request.version,
+            request.manifest_sha256,
+            request.published_by,
+            request.reason,
+        )
+        return pb.PublishModelResponse(publication=_publication_out(publication))
+
+    async def GetActiveModel(
+        self, request: pb.GetActiveModelRequest, context: ServicerContext
+    ) -> pb.GetActiveModelResponse:
+        publication = await self._registry.active(request.model_kind)
+        if publication is None:
+            return pb.GetActiveModelResponse()
+        return pb.GetActiveModelResponse(publication=_publication_out(publication))
+
+    async def ListModelPublications(
+        self, request: pb.ListModelPublicationsRequest, context: ServicerContext
+    ) -> pb.ListModelPublicationsResponse:
+        page = await self._registry.history(
+            request.model_kind, request.page_size, request.page_token
+        )
+        return pb.ListModelPublicationsResponse(
+            publications=[_publication_out(p) for p in page.entries],
+            next_page_token=page.next_page_token,
+        )
+
+    async def RollbackModel(
+        self, request: pb.RollbackModelRequest, context: ServicerContext
+    ) -> pb.RollbackModelResponse:
+        publication = await self._registry.rollback(
+            request.model_kind, request.to_version, request.published_by, request.reason
+        )
+        return pb.RollbackModelResponse(publication=_publication_out(publication))

@@ -17,7 +17,7 @@ from services.common.settings import ClientSettings, ServerSettings
 from services.profiles.app import ProfilesSettings, build
 from services.profiles.store import migrate
 
-TABLES = ("impressions", "interactions", "item_counters", "items", "users")
+TABLES = ("impressions", "interactions", "item_counters", "items", "users", "model_publications")
 _migrated: set[str] = set()
 
 
