@@ -7,9 +7,10 @@ import asyncio
 from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
 from services.common.server import ServiceDefinition
 from services.profiles.config import ProfilesSettings
+from services.profiles.dashboard_queries import DashboardQueries
+from services.profiles.dashboard_servicer import ProfilesWithDashboardServicer
 from services.profiles.profiles import HeadCache, Profiles
 from services.profiles.repository import Repository
-from services.profiles.servicer import ProfilesServicer
 from services.profiles.store import Database, create_store_engine, migrate
 
 __all__ = ["ProfilesSettings", "build"]
@@ -36,7 +37,7 @@ async def build(settings: ProfilesSettings) -> ServiceDefinition:
         servicers=[
             (
                 profiles_service_pb2_grpc.add_ProfilesServiceServicer_to_server,
-                ProfilesServicer(profiles),
+                ProfilesWithDashboardServicer(profiles, DashboardQueries(database)),
                 SERVICE_NAME,
             )
         ],

@@ -152,6 +152,9 @@ class Rpc:
         return f"{self.service}.{self.method.rsplit('/', 1)[1]}"
 
 
+# From before the fuzzed impressions to now (the seeded list is served at the time of the run).
+DASHBOARD_WINDOW = ppb.ServedWindow(start_time=_timestamp(1_699_990_000))
+
 RPCS = [
     Rpc(
         "profiles",
@@ -209,6 +212,22 @@ RPCS = [
     Rpc("profiles", P + "GetItemStats", ppb.GetItemStatsRequest(item_ids=ITEMS[:3])),
     Rpc("profiles", P + "ListItemStats", ppb.ListItemStatsRequest(page_size=5)),
     Rpc("profiles", P + "GetCatalogStats", ppb.GetCatalogStatsRequest()),
+    # The dashboard's aggregates (services/profiles/dashboard_queries.py).
+    Rpc(
+        "profiles",
+        P + "GetExposureSummary",
+        ppb.GetExposureSummaryRequest(window=DASHBOARD_WINDOW, bucket_count=4),
+    ),
+    Rpc(
+        "profiles", P + "ListPolicyOutcomes", ppb.ListPolicyOutcomesRequest(window=DASHBOARD_WINDOW)
+    ),
+    Rpc("profiles", P + "ListExposureGaps", ppb.ListExposureGapsRequest(window=DASHBOARD_WINDOW)),
+    Rpc(
+        "profiles",
+        P + "ListServedRequests",
+        ppb.ListServedRequestsRequest(window=DASHBOARD_WINDOW, page_size=5),
+    ),
+    Rpc("profiles", P + "GetServedRequest", ppb.GetServedRequestRequest(request_id=SEED_REQUEST)),
     Rpc(
         "ranking",
         R + "RankCandidates",
