@@ -60,7 +60,14 @@ NODE_CLIENT := clients/node
 $(NODE_CLIENT)/node_modules/.package-lock.json: $(NODE_CLIENT)/package.json $(NODE_CLIENT)/package-lock.json | tools
 	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund
 
-setup: tools $(GEN)/.generated $(NODE_CLIENT)/node_modules/.package-lock.json
+# Offline caches for the tests of the clients a backend installs (tests/client/packaging.py): a
+# wheelhouse with the client wheel's dependencies at the suite's versions and its build backend,
+# and an npm cache holding what installing the Node client's tarball resolves (PyPI, npm registry).
+CLIENT_CACHES := .cache/.filled
+$(CLIENT_CACHES): clients/python/pyproject.toml $(NODE_CLIENT)/package.json $(VENV)/.installed | tools
+	$(BIN)/python -m tests.client.packaging
+
+setup: tools $(GEN)/.generated $(NODE_CLIENT)/node_modules/.package-lock.json $(CLIENT_CACHES)
 protos: $(GEN)/.generated
 
 format: setup

@@ -1,4 +1,4 @@
-// Against a running gateway: tests/deploy/test_node_client.py starts the suite, loads a catalogue
+// Against a running gateway: tests/client/test_installable_clients.py starts the suite, loads a catalogue
 // and runs `npm test` with LONGTAIL_GATEWAY_TARGET (and LONGTAIL_AUTH_TOKEN, LONGTAIL_TEST_USER).
 import assert from "node:assert/strict";
 import { test } from "node:test";
