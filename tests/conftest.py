@@ -31,6 +31,22 @@ def require_triton() -> None:
         missing("triton", str(error))
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+def require_browser() -> str:
+    """Skip-or-fail (``missing``, kind ``browser``) only when the browser test's tools are
+    *absent*: Debian's Chromium (``make tools``) or the Playwright package (dev extra). Returns
+    the browser's path; a browser that is there but fails to start is a defect and raises."""
+    import importlib.util
+
+    if not os.access(CHROMIUM, os.X_OK):
+        missing("browser", f"{CHROMIUM} is not installed (make tools installs Debian's chromium)")
+    if importlib.util.find_spec("playwright") is None:
+        missing("browser", "the playwright package is not installed (pip install -e '.[dev]')")
+    return CHROMIUM
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test session, dropped afterwards."""

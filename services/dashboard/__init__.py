@@ -1,0 +1,1 @@
+"""The operator's exposure dashboard: a web page over the services' gRPC APIs."""
