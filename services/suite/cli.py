@@ -238,12 +238,16 @@ async def _run_suite(suite: LocalSuite, args: argparse.Namespace, demo: bool) ->
         for name, target in suite.targets.items():
             console.print(f"  {name:<10} {target}  (log {suite.log_path(name)})")
         console.print(f"  {'triton':<10} {suite.triton_url}")
+        if suite.dashboard_url:
+            console.print(f"  [bold]dashboard  {suite.dashboard_url}[/bold]  (open in a browser)")
         if demo:
             await _demo(args, suite.targets)
         if args.exit:
             return
         restarting = "restarts what exits; " if suite.config.supervise else ""
         console.print(f"[bold green]serving ({restarting}Ctrl-C to stop)[/bold green]")
+        if suite.dashboard_url:
+            console.print(f"the exposure dashboard: [bold]{suite.dashboard_url}[/bold]")
         await _serve_until_signal()
 
 

@@ -1,4 +1,4 @@
-"""Runs the whole suite locally as separate processes: Triton and the five services.
+"""Runs the whole suite locally as separate processes: Triton, the five services, the dashboard.
 
 Each service is started exactly as it deploys on its own (``python -m services.<name>`` with its
 ``LONGTAIL_<NAME>_*`` environment), on fixed ports or on free ones (port 0, read back from the
@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -48,20 +49,26 @@ from services.embeddings.tritonserver import process_group_members, wait_group_g
 log = logging.getLogger("longtail.suite")
 
 # Start order follows the dependencies: each service's targets exist before it starts.
-SERVICES = ("profiles", "embeddings", "exposure", "ranking", "gateway")
+SERVICES = ("profiles", "embeddings", "exposure", "ranking", "gateway", "dashboard")
 DEPENDENCIES: Mapping[str, tuple[str, ...]] = {
     "profiles": (),
     "embeddings": (),
     "exposure": ("profiles",),
     "ranking": ("profiles", "embeddings"),
     "gateway": ("profiles", "ranking", "exposure"),
+    "dashboard": ("profiles",),
 }
+# The web page (HTTP, not gRPC): it needs profiles; it shows the running configuration of these
+# when the suite runs them.
+DASHBOARD = "dashboard"
+DASHBOARD_SHOWS = ("exposure", "ranking", "embeddings")
 FIXED_PORTS = {
     "gateway": 50050,
     "profiles": 50051,
     "embeddings": 50052,
     "ranking": 50053,
     "exposure": 50054,
+    "dashboard": 50080,
 }
 # The name the watcher, ``pid`` and ``restarts`` use for the Triton server the suite started.
 TRITON = "triton"
@@ -173,7 +180,16 @@ class LocalSuite:
 
     @property
     def targets(self) -> dict[str, str]:
-        return {name: self.target(name) for name in self._ports}
+        """The gRPC services' addresses (the dashboard is a web page: ``dashboard_url``)."""
+        return {name: self.target(name) for name in self._ports if name != DASHBOARD}
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """Where the dashboard is open in a browser (None when the suite does not run it)."""
+        if DASHBOARD not in self._ports:
+            return None
+        scheme = "https" if self.config.tls_cert_file and self.config.tls_key_file else "http"
+        return f"{scheme}://{self.target(DASHBOARD)}/"
 
     def log_path(self, name: str) -> Path:
         return self.config.workdir / "logs" / f"{name}.log"
@@ -290,6 +306,11 @@ class LocalSuite:
             env[f"{prefix}TRITON_URL"] = self.triton_url
         if name == "ranking":
             env[f"{prefix}ARTIFACT_DIR"] = str((self.config.workdir / "artifacts").resolve())
+        if name == DASHBOARD:
+            for shown in DASHBOARD_SHOWS:
+                env[f"{prefix}{shown.upper()}_TARGET"] = (
+                    self.target(shown) if shown in self._ports else ""
+                )
         if self.config.tls_cert_file and self.config.tls_key_file:
             env[f"{prefix}TLS_CERT_FILE"] = str(self.config.tls_cert_file)
             env[f"{prefix}TLS_KEY_FILE"] = str(self.config.tls_key_file)
@@ -373,6 +394,8 @@ class LocalSuite:
                 await asyncio.sleep(0.1)
 
     async def is_serving(self, name: str) -> bool:
+        if name == DASHBOARD:
+            return await self._dashboard_ready()
         if self.config.tls_ca_file is not None:
             credentials = grpc.ssl_channel_credentials(self.config.tls_ca_file.read_bytes())
             channel = grpc.aio.secure_channel(self.target(name), credentials)
@@ -381,6 +404,25 @@ class LocalSuite:
         async with channel:
             status = await check_health(channel)
         return status == health_pb2.HealthCheckResponse.SERVING
+
+    async def _dashboard_ready(self) -> bool:
+        """The dashboard's /healthz answers 200 (profiles SERVING behind it)."""
+        import aiohttp
+
+        url = f"{self.dashboard_url}healthz"
+        context = (
+            ssl.create_default_context(cafile=str(self.config.tls_ca_file))
+            if self.config.tls_ca_file is not None
+            else None
+        )
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session,
+                session.get(url, ssl=context if context is not None else True) as response,
+            ):
+                return response.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
 
     async def stop_service(self, name: str, kill: bool = False, grace: float = 10.0) -> None:
         """Stop one service on purpose (not restarted): SIGTERM (graceful drain) or SIGKILL,
