@@ -215,6 +215,14 @@ class BackgroundRefresh:
 
     load: Callable[[], Mapping[str, int]]
     run: Callable[[Callable[[], None]], None]
+    # A cheap token of what the counters depend on (see ``HeadCache.get``); None: always load.
+    version: Callable[[], object] | None = None
+
+
+# The longest a head set is kept on an unchanged version token alone. On PostgreSQL an interaction
+# that commits after a later-numbered one was counted leaves the newest id as it was; reading every
+# counter at least this often bounds how long such a change can go unseen.
+FULL_HEAD_REFRESH_SECONDS = 60.0
 
 
 class HeadCache:
@@ -235,6 +243,8 @@ class HeadCache:
         self._snapshot: HeadSnapshot | None = None
         self._loaded_at = 0.0
         self._changed = False
+        self._version: object = None
+        self._counted_at = 0.0
 
     def mark_changed(self) -> None:
         self._changed = True
@@ -250,8 +260,14 @@ class HeadCache:
         load: Callable[[], Mapping[str, int]],
         force: bool = False,
         background: BackgroundRefresh | None = None,
+        version: Callable[[], object] | None = None,
     ) -> HeadSnapshot:
         """The head set, recomputed with ``load`` when due.
+
+        With ``version`` (a cheap read of what the counters depend on, e.g. the newest
+        interaction id and the catalogue size), a due refresh first compares it with the token of
+        the current snapshot and, when equal, keeps the snapshot without reading every counter:
+        the periodic refresh of an idle catalogue then costs one small query, not a full scan.
 
         With ``background``, a due recomputation of an existing snapshot runs there (with its
         own loader) and this call returns the current snapshot at once: at 100k items the
@@ -267,38 +283,60 @@ class HeadCache:
             return snapshot
         if background is not None and snapshot is not None and not force:
             try:
-                background.run(lambda: self._refresh_and_release(background.load))
+                background.run(
+                    lambda: self._refresh_and_release(background.load, background.version)
+                )
             except BaseException:
                 self._lock.release()
                 raise
             return snapshot
         try:
-            return self._refresh(load, force)
+            return self._refresh(load, force, version)
         finally:
             self._lock.release()
 
-    def _refresh_and_release(self, load: Callable[[], Mapping[str, int]]) -> None:
+    def _refresh_and_release(
+        self, load: Callable[[], Mapping[str, int]], version: Callable[[], object] | None
+    ) -> None:
         try:
-            self._refresh(load, force=False)
+            self._refresh(load, force=False, version=version)
         except Exception:
             # The previous snapshot stays; the next due call tries again.
             log.exception("head set refresh failed")
         finally:
             self._lock.release()
 
-    def _refresh(self, load: Callable[[], Mapping[str, int]], force: bool) -> HeadSnapshot:
+    def _refresh(
+        self,
+        load: Callable[[], Mapping[str, int]],
+        force: bool,
+        version: Callable[[], object] | None = None,
+    ) -> HeadSnapshot:
         """Recompute (the caller holds the lock)."""
         if not force and self._snapshot is not None and not self._due():
             return self._snapshot
         # Cleared before loading: a change committed during the load triggers the next one.
         changed, self._changed = self._changed, False
         try:
+            # Read before the counters: a change committed in between makes the token older
+            # than the snapshot, so the next due refresh loads again (never the reverse).
+            token = None if version is None else version()
+            if (
+                not force
+                and token is not None
+                and self._snapshot is not None
+                and token == self._version
+                and self._clock() - self._counted_at < FULL_HEAD_REFRESH_SECONDS
+            ):
+                self._loaded_at = self._clock()
+                return self._snapshot
             fresh = HeadSnapshot.from_counts(load())
         except BaseException:
             self._changed = self._changed or changed
             raise
         self._snapshot = fresh
-        self._loaded_at = self._clock()
+        self._version = token
+        self._loaded_at = self._counted_at = self._clock()
         return fresh
 
 
@@ -336,6 +374,7 @@ class Profiles:
             BackgroundRefresh(
                 lambda: self._db.call(self._repo.all_interaction_counts, write=False),
                 in_daemon_thread,
+                lambda: self._db.call(self._repo.counters_version, write=False),
             )
             if refresh_head_in_background
             else None
@@ -353,6 +392,7 @@ class Profiles:
             lambda: self._repo.all_interaction_counts(session),
             force=force,
             background=self._head_background,
+            version=lambda: self._repo.counters_version(session),
         )
 
     # ---------------------------------------------------------------- items

@@ -72,6 +72,10 @@ _PER_ITEM = (
 _USER_ITEM_COUNTS = sa.select(_PER_ITEM.c.item_id, items_t.c.categories, _PER_ITEM.c.n).join(
     items_t, items_t.c.item_id == _PER_ITEM.c.item_id
 )
+_COUNTERS_VERSION = sa.select(
+    sa.select(sa.func.max(interactions_t.c.id)).scalar_subquery(),
+    sa.select(sa.func.count()).select_from(counters_t).scalar_subquery(),
+)
 _COUNTERS = sa.select(
     counters_t.c.item_id,
     counters_t.c.interaction_count,
@@ -610,6 +614,13 @@ class Repository:
             (row.item_id, row.interaction_count, row.impression_count, row.feedback_count)
             for row in session.execute(stmt)
         ]
+
+    def counters_version(self, session: Session) -> tuple[int, int]:
+        """What every interaction counter depends on, in one small query: the newest interaction
+        id (interactions are only ever added, each bumping its item's counter in the same
+        transaction) and the number of counter rows (one per catalogue item)."""
+        row = session.connection().execute(_COUNTERS_VERSION).one()
+        return int(row[0] or 0), int(row[1])
 
     def all_interaction_counts(self, session: Session) -> dict[str, int]:
         """Interaction count of every catalogue item (zero included): the head/tail input."""

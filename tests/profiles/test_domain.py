@@ -9,6 +9,7 @@ import pytest
 
 from services.common.errors import InvalidArgument
 from services.profiles.profiles import (
+    FULL_HEAD_REFRESH_SECONDS,
     BackgroundRefresh,
     HeadCache,
     category_mix,
@@ -81,6 +82,43 @@ def test_head_cache_refreshes_in_the_background_and_serves_the_previous_set_mean
     counts["i1"] = 200  # force (CatalogStats) still reads inline
     assert cache.get(inline, force=True, background=background).head == {"i1", "i0"}
     assert inline_loads == 2
+
+
+def test_head_cache_skips_the_full_read_while_the_version_token_is_unchanged() -> None:
+    clock = Clock()
+    counts = {f"i{n}": n for n in range(10)}
+    version = [1]
+    loads = 0
+
+    def load() -> dict[str, int]:
+        nonlocal loads
+        loads += 1
+        return dict(counts)
+
+    cache = HeadCache(max_age_seconds=5.0, min_refresh_seconds=1.0, clock=clock)
+    assert cache.get(load, version=lambda: version[0]).head == {"i9", "i8"}
+    assert loads == 1
+    clock.now = 6.0  # due, but nothing the counters depend on changed: no full read
+    assert cache.get(load, version=lambda: version[0]).head == {"i9", "i8"}
+    assert loads == 1
+    clock.now = 8.0  # the token was re-checked at 6.0: not due again yet
+    counts["i0"] = 100
+    version[0] = 2
+    assert cache.get(load, version=lambda: version[0]).head == {"i9", "i8"}
+    clock.now = 11.0  # due and the token moved: a full read
+    assert cache.get(load, version=lambda: version[0]).head == {"i0", "i9"}
+    assert loads == 2
+    # A change the token cannot show (a PostgreSQL commit under an older id) is still read
+    # within FULL_HEAD_REFRESH_SECONDS.
+    counts["i1"] = 200
+    clock.now = 11.0 + FULL_HEAD_REFRESH_SECONDS - 1
+    assert cache.get(load, version=lambda: version[0]).head == {"i0", "i9"}
+    clock.now = 11.0 + FULL_HEAD_REFRESH_SECONDS + 5
+    assert cache.get(load, version=lambda: version[0]).head == {"i1", "i0"}
+    assert loads == 3
+    # force (CatalogStats) always reads.
+    assert cache.get(load, force=True, version=lambda: version[0]).head == {"i1", "i0"}
+    assert loads == 4
 
 
 def test_a_failed_background_refresh_keeps_the_set_and_tries_again() -> None:
