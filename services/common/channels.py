@@ -2,42 +2,113 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
 
 from services.common.logging import REQUEST_ID_HEADER, request_id_var
-from services.common.observability import tracing_client_interceptor
+from services.common.observability import traced_client_call
 from services.common.settings import ClientSettings
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
+Metadata = Sequence[tuple[str, str | bytes]]
 
-class _RequestIdInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Forward the request id of the call being served, so logs line up across hops."""
 
-    def __init__(self, token: str | None) -> None:
-        self._token = token
+class _UnaryUnary:
+    """A unary-unary multicallable whose calls carry the request id of the call being served (so
+    logs line up across hops), the bearer token and the trace context."""
 
-    async def intercept_unary_unary(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    def __init__(self, inner: Any, method: str, token: str | None) -> None:
+        self._inner = inner
+        self._method = method
+        self._auth = ("authorization", f"Bearer {token}") if token else None
+
+    def __call__(
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Metadata | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> Any:
-        metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+        extra: list[tuple[str, str | bytes]] = list(metadata or ())
         request_id = request_id_var.get()
         if request_id:
-            metadata.add(REQUEST_ID_HEADER, request_id)
-        if self._token:
-            metadata.add("authorization", f"Bearer {self._token}")
-        details = grpc.aio.ClientCallDetails(
-            client_call_details.method,
-            client_call_details.timeout,
-            metadata,
-            client_call_details.credentials,
-            client_call_details.wait_for_ready,
+            extra.append((REQUEST_ID_HEADER, request_id))
+        if self._auth is not None:
+            extra.append(self._auth)
+
+        def send(final: list[tuple[str, str | bytes]]) -> Any:
+            return self._inner(
+                request,
+                timeout=timeout,
+                metadata=final,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+
+        return traced_client_call(self._method, extra, send)
+
+
+class _OutboundChannel(grpc.aio.Channel):
+    """A channel that adds the metadata itself instead of through grpc.aio client interceptors:
+    an interceptor chain costs a task and an intercepted call object per hop, which at four hops
+    per Recommend was a fifth of the gateway's CPU. Unary-unary is the only kind the services
+    call; the other kinds go out unchanged."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str | None) -> None:
+        self._channel = channel
+        self._token = token
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool | None = False,
+    ) -> Any:
+        # Generated stubs pass ``_registered_method`` (grpc's type stubs do not know it yet).
+        channel: Any = self._channel
+        inner = channel.unary_unary(
+            method,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer,
+            _registered_method=_registered_method,
         )
-        return await continuation(details, request)
+        return _UnaryUnary(inner, method, self._token)
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_stream(*args, **kwargs)
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(*args, **kwargs)
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(*args, **kwargs)
+
+    async def __aenter__(self) -> _OutboundChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._channel.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channel.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
 
 
 def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
@@ -49,13 +120,12 @@ def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]
-    interceptors = [tracing_client_interceptor(), _RequestIdInterceptor(settings.auth_token)]
     if settings.tls_ca_file is not None:
         credentials = grpc.ssl_channel_credentials(settings.tls_ca_file.read_bytes())
-        return grpc.aio.secure_channel(
-            settings.target, credentials, options=options, interceptors=interceptors
-        )
-    return grpc.aio.insecure_channel(settings.target, options=options, interceptors=interceptors)
+        channel = grpc.aio.secure_channel(settings.target, credentials, options=options)
+    else:
+        channel = grpc.aio.insecure_channel(settings.target, options=options)
+    return _OutboundChannel(channel, settings.auth_token)
 
 
 async def check_health(channel: grpc.aio.Channel, service: str = "", timeout: float = 1.0) -> int:

@@ -14,8 +14,9 @@ so that several servers can live in one test process:
 - ``start_metrics_server`` serves one or more registries on ``GET /metrics``.
 
 Tracing (OpenTelemetry API + SDK): the same interceptor opens a SERVER span per call, continuing
-the caller's W3C ``traceparent`` from the call metadata; ``TracingClientInterceptor`` opens a
-CLIENT span per outbound call and injects ``traceparent``. Done by hand rather than with
+the caller's W3C ``traceparent`` from the call metadata; ``traced_client_call`` (used by
+``channels.open_channel``; ``TracingClientInterceptor`` is the same as a grpc.aio interceptor) opens
+a CLIENT span per outbound call and injects ``traceparent``. Done by hand rather than with
 ``opentelemetry-instrumentation-grpc``: its grpc.aio server interceptor only sees ``abort``, not
 the ``abort_with_status`` our error interceptor uses, so failed calls looked successful.
 Spans go to an OTLP/gRPC collector when ``LONGTAIL_<NAME>_OTLP_ENDPOINT`` is set;
@@ -32,8 +33,7 @@ Wiring (the runtime does this once per process; services only feed ``Recommender
     observability = Observability.from_settings(name, obs_settings)      # sets the tracer globally
     server = grpc.aio.server(interceptors=[*observability.server_interceptors(),
                                            _ErrorAndContextInterceptor(...)])   # outermost first
-    channel = grpc.aio.insecure_channel(
-        ..., interceptors=[*observability.client_interceptors(), _RequestIdInterceptor(...)])
+    channel = open_channel(client_settings)   # channels.py: request id, token, traceparent
     if obs_settings.metrics_port is not None:
         observability.start_metrics_server(obs_settings.metrics_port, host, extra_registries)
     ...
@@ -392,6 +392,43 @@ class TracingClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
             if code != grpc.StatusCode.OK:
                 span.set_status(Status(StatusCode.ERROR, code.name))
             return call
+
+
+async def traced_client_call(
+    method: str,
+    metadata: list[tuple[str, str | bytes]],
+    send: Callable[[list[tuple[str, str | bytes]]], Awaitable[Any]],
+    tracer_provider: trace.TracerProvider | None = None,
+) -> Any:
+    """One outbound unary call, ``send(metadata)``, traced as ``TracingClientInterceptor`` traces
+    it (a CLIENT span when spans are recorded, else only the current ids in ``traceparent``),
+    without grpc.aio's interceptor chain: ``open_channel``'s calls go through here."""
+    provider = trace.get_tracer_provider() if tracer_provider is None else tracer_provider
+    if not records_spans(provider):
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        return await send([*metadata, *carrier.items()])
+    service, name = split_method(method)
+    tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    with tracer.start_as_current_span(
+        f"{service}/{name}",
+        kind=SpanKind.CLIENT,
+        attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        carrier = {}
+        _PROPAGATOR.inject(carrier)
+        code = grpc.StatusCode.OK
+        try:
+            return await send([*metadata, *carrier.items()])
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            raise
+        finally:
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code != grpc.StatusCode.OK:
+                span.set_status(Status(StatusCode.ERROR, code.name))
 
 
 def _with_metadata(client_call_details: Any, carrier: dict[str, str]) -> Any:
