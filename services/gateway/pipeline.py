@@ -30,6 +30,7 @@ from google.protobuf import timestamp_pb2
 from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2
 from longtail.gateway.v1 import gateway_service_pb2
+from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from services.common.errors import (
     AlreadyExists,
@@ -237,17 +238,25 @@ class RecommendPipeline:
         self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline
     ) -> gateway_service_pb2.RecommendResponse:
         _validate(request)
+        profile: profiles_service_pb2.UserProfile | None
         if request.request_id:
-            replay = await self._replay(request, deadline)
-            if replay is not None:
-                return replay
+            # The replay check and the profile read in one call (one round trip, one transaction).
+            profile, logged = await self._profiles.get_user_profile_and_served(
+                request.user_id,
+                self._config.history_limit,
+                request.request_id,
+                deadline.timeout(self._config.profile_timeout),
+            )
+            if logged:
+                return await self._replay(request, logged, deadline)
+        else:
+            profile = await self._profiles.get_user_profile(
+                request.user_id,
+                self._config.history_limit,
+                deadline.timeout(self._config.profile_timeout),
+            )
         request_id = request.request_id or uuid.uuid4().hex
 
-        profile = await self._profiles.get_user_profile(
-            request.user_id,
-            self._config.history_limit,
-            deadline.timeout(self._config.profile_timeout),
-        )
         history = list(profile.history) if profile is not None else []
         stored_interests = profile.interests if profile is not None else ""
         interests = request.interests or stored_interests
@@ -419,13 +428,12 @@ class RecommendPipeline:
         return self.fallback.items(k, exclude, request_id)
 
     async def _replay(
-        self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline
-    ) -> gateway_service_pb2.RecommendResponse | None:
-        logged = await self._profiles.list_impressions(
-            request.request_id, deadline.timeout(self._config.profile_timeout)
-        )
-        if not logged:
-            return None
+        self,
+        request: gateway_service_pb2.RecommendRequest,
+        logged: Sequence[common_pb2.Impression],
+        deadline: Deadline,
+    ) -> gateway_service_pb2.RecommendResponse:
+        """The answer of a request_id already served: the list in the log, never a new one."""
         if logged[0].user_id != request.user_id:
             raise InvalidArgument(
                 "REQUEST_ID_REUSED", "request_id was already used for another user"

@@ -23,6 +23,12 @@ class ProfilesPort(Protocol):
         self, user_id: str, history_limit: int, timeout: float
     ) -> profiles_service_pb2.UserProfile | None: ...
 
+    async def get_user_profile_and_served(
+        self, user_id: str, history_limit: int, served_request_id: str, timeout: float
+    ) -> tuple[profiles_service_pb2.UserProfile | None, list[common_pb2.Impression]]:
+        """The profile (None: unknown user) and what is logged under ``served_request_id``."""
+        ...
+
     async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None: ...
 
     async def record_impressions(
@@ -91,6 +97,21 @@ class GrpcProfiles:
                 return None
             raise from_upstream(error, "profiles") from error
         return response.profile
+
+    async def get_user_profile_and_served(
+        self, user_id: str, history_limit: int, served_request_id: str, timeout: float
+    ) -> tuple[profiles_service_pb2.UserProfile | None, list[common_pb2.Impression]]:
+        request = profiles_service_pb2.GetUserProfileRequest(
+            user_id=user_id, history_limit=history_limit, served_request_id=served_request_id
+        )
+        try:
+            response = await self._stub.GetUserProfile(request, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None, []
+            raise from_upstream(error, "profiles") from error
+        profile = response.profile if response.HasField("profile") else None
+        return profile, list(response.served)
 
     async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None:
         request = profiles_service_pb2.UpsertUsersRequest(

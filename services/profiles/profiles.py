@@ -187,6 +187,17 @@ def derive_idempotency_key(
     return "sha256:" + hashlib.sha256(payload.encode()).hexdigest()
 
 
+def _check_profile_request(user_id: str, history_limit: int) -> int:
+    """The history limit to read (INVALID_ARGUMENT for a bad user id or limit)."""
+    check_id(user_id, "EMPTY_USER_ID", "user_id")
+    default, maximum = HISTORY_LIMIT
+    if history_limit < 0 or history_limit > maximum:
+        raise InvalidArgument(
+            "INVALID_HISTORY_LIMIT", f"history_limit must be in 0..{maximum} (0 = {default})"
+        )
+    return history_limit or default
+
+
 # ------------------------------------------------------------------------- head/tail cache
 
 
@@ -549,34 +560,52 @@ class Profiles:
         return await self._db.run(write, write=True)
 
     async def get_user_profile(self, user_id: str, history_limit: int) -> UserProfile:
-        check_id(user_id, "EMPTY_USER_ID", "user_id")
-        default, maximum = HISTORY_LIMIT
-        if history_limit < 0 or history_limit > maximum:
-            raise InvalidArgument(
-                "INVALID_HISTORY_LIMIT", f"history_limit must be in 0..{maximum} (0 = {default})"
-            )
-        limit = history_limit or default
+        limit = _check_profile_request(user_id, history_limit)
 
         def read(session: Session) -> UserProfile:
-            interests = self._repo.user_interests(session, user_id)
-            if interests is None:
+            profile = self._read_profile(session, user_id, limit)
+            if profile is None:
                 raise NotFound("USER_NOT_FOUND", f"unknown user {user_id!r}", user_id=user_id)
-            history = self._repo.recent_history(session, user_id, limit)
-            per_item = self._repo.user_item_counts(session, user_id)
-            head = self._head_snapshot(session).head
-            total = sum(n for _, _, n in per_item)
-            tail = sum(n for item_id, _, n in per_item if item_id not in head)
-            return UserProfile(
-                user_id=user_id,
-                interests=interests,
-                history=history,
-                tail_propensity=tail / total if total else 0.0,
-                category_mix=category_mix((categories, n) for _, categories, n in per_item),
-                interaction_count=total,
-                seen_item_ids=sorted(item_id for item_id, _, _ in per_item),
-            )
+            return profile
 
         return await self._db.run(read)
+
+    async def profile_for_serving(
+        self, user_id: str, history_limit: int, served_request_id: str
+    ) -> tuple[UserProfile | None, list[ImpressionRecord]]:
+        """The profile and the impressions already logged under ``served_request_id``, in one
+        transaction (a Recommend's replay check and profile read in one round trip). NOT_FOUND
+        only when the user is unknown and nothing is logged under the request_id."""
+        limit = _check_profile_request(user_id, history_limit)
+        check_id(served_request_id, "EMPTY_REQUEST_ID", "served_request_id")
+
+        def read(session: Session) -> tuple[UserProfile | None, list[ImpressionRecord]]:
+            served = self._repo.list_impressions(session, served_request_id)
+            profile = self._read_profile(session, user_id, limit)
+            if profile is None and not served:
+                raise NotFound("USER_NOT_FOUND", f"unknown user {user_id!r}", user_id=user_id)
+            return profile, served
+
+        return await self._db.run(read)
+
+    def _read_profile(self, session: Session, user_id: str, limit: int) -> UserProfile | None:
+        interests = self._repo.user_interests(session, user_id)
+        if interests is None:
+            return None
+        history = self._repo.recent_history(session, user_id, limit)
+        per_item = self._repo.user_item_counts(session, user_id)
+        head = self._head_snapshot(session).head
+        total = sum(n for _, _, n in per_item)
+        tail = sum(n for item_id, _, n in per_item if item_id not in head)
+        return UserProfile(
+            user_id=user_id,
+            interests=interests,
+            history=history,
+            tail_propensity=tail / total if total else 0.0,
+            category_mix=category_mix((categories, n) for _, categories, n in per_item),
+            interaction_count=total,
+            seen_item_ids=sorted(item_id for item_id, _, _ in per_item),
+        )
 
     # ---------------------------------------------------------------- interactions
 

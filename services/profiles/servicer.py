@@ -148,6 +148,26 @@ def _impression_out(record: records.ImpressionRecord) -> common_pb2.Impression:
     )
 
 
+def _profile_out(profile: records.UserProfile) -> pb.UserProfile:
+    return pb.UserProfile(
+        user_id=profile.user_id,
+        interests=profile.interests,
+        history=[
+            common_pb2.HistoryEntry(
+                item_id=entry.item_id,
+                kind=_KIND_NUMBERS.get(entry.kind, common_pb2.INTERACTION_KIND_UNSPECIFIED),
+                value=entry.value,
+                occurred_at=_time_out(entry.occurred_at),
+            )
+            for entry in profile.history
+        ],
+        tail_propensity=profile.tail_propensity,
+        category_mix=profile.category_mix,
+        interaction_count=profile.interaction_count,
+        seen_item_ids=profile.seen_item_ids,
+    )
+
+
 def _stats_out(stats: records.ItemStats) -> common_pb2.ItemStats:
     return common_pb2.ItemStats(
         item_id=stats.item_id,
@@ -233,25 +253,15 @@ class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
     async def GetUserProfile(
         self, request: pb.GetUserProfileRequest, context: ServicerContext
     ) -> pb.GetUserProfileResponse:
-        profile = await self._profiles.get_user_profile(request.user_id, request.history_limit)
+        if not request.served_request_id:
+            profile = await self._profiles.get_user_profile(request.user_id, request.history_limit)
+            return pb.GetUserProfileResponse(profile=_profile_out(profile))
+        found, served = await self._profiles.profile_for_serving(
+            request.user_id, request.history_limit, request.served_request_id
+        )
         return pb.GetUserProfileResponse(
-            profile=pb.UserProfile(
-                user_id=profile.user_id,
-                interests=profile.interests,
-                history=[
-                    common_pb2.HistoryEntry(
-                        item_id=entry.item_id,
-                        kind=_KIND_NUMBERS.get(entry.kind, common_pb2.INTERACTION_KIND_UNSPECIFIED),
-                        value=entry.value,
-                        occurred_at=_time_out(entry.occurred_at),
-                    )
-                    for entry in profile.history
-                ],
-                tail_propensity=profile.tail_propensity,
-                category_mix=profile.category_mix,
-                interaction_count=profile.interaction_count,
-                seen_item_ids=profile.seen_item_ids,
-            )
+            profile=None if found is None else _profile_out(found),
+            served=[_impression_out(record) for record in served],
         )
 
     async def RecordInteractions(

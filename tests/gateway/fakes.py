@@ -63,6 +63,17 @@ class FakeProfiles:
         self._check("get_user_profile")
         return self.profiles.get(user_id)
 
+    async def get_user_profile_and_served(
+        self, user_id: str, history_limit: int, served_request_id: str, timeout: float
+    ) -> tuple[profiles_service_pb2.UserProfile | None, list[common_pb2.Impression]]:
+        # One call to the store, as the real one is (counted as the profile read).
+        self._check("get_user_profile")
+        served = sorted(
+            (i for (r, _), i in self.impressions.items() if r == served_request_id),
+            key=lambda i: i.position,
+        )
+        return self.profiles.get(user_id), served
+
     async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None:
         self._check("upsert_user")
         self.users[user_id] = interests

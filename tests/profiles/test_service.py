@@ -433,6 +433,44 @@ async def test_impression_replay_is_stored_once(served: Served) -> None:
     assert catalog.impression_count == 5
 
 
+async def test_profile_read_with_served_request_id_returns_what_is_logged(served: Served) -> None:
+    await seed(served)
+    batch = [impression("req-s", p, f"item-000{p}") for p in range(3)]
+    await served.stub.RecordImpressions(pb.RecordImpressionsRequest(impressions=batch))
+    plain = await served.stub.GetUserProfile(pb.GetUserProfileRequest(user_id="u1"))
+    # A served request_id: the same profile, plus the logged list in position order.
+    both = await served.stub.GetUserProfile(
+        pb.GetUserProfileRequest(user_id="u1", served_request_id="req-s")
+    )
+    assert both.profile == plain.profile
+    assert list(both.served) == batch
+    # Nothing logged under the id: the profile alone.
+    fresh = await served.stub.GetUserProfile(
+        pb.GetUserProfileRequest(user_id="u1", served_request_id="req-new")
+    )
+    assert fresh.profile == plain.profile and list(fresh.served) == []
+    # An unknown user whose request_id holds a list (another user's): the list, no profile, so
+    # that the gateway can refuse the reuse; with nothing logged, NOT_FOUND as before.
+    reused = await served.stub.GetUserProfile(
+        pb.GetUserProfileRequest(user_id="ghost", served_request_id="req-s")
+    )
+    assert not reused.HasField("profile") and [i.user_id for i in reused.served] == ["u1"] * 3
+    await expect_error(
+        served.stub.GetUserProfile(
+            pb.GetUserProfileRequest(user_id="ghost", served_request_id="req-new")
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+    await expect_error(
+        served.stub.GetUserProfile(
+            pb.GetUserProfileRequest(user_id="u1", served_request_id="r" * 256)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ID_TOO_LONG",
+    )
+
+
 async def test_eight_concurrent_writers_lose_nothing(served: Served) -> None:
     await seed(served, n_items=20)
     # Two service instances on one store (replicas): half of the writers talk to each.
