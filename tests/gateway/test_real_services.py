@@ -13,6 +13,7 @@ checked below), so with the relevance policy it is the first candidate whenever 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -344,3 +345,51 @@ async def test_interests_that_cannot_be_embedded_give_a_visibly_degraded_answer(
     assert not answer.fallback and answer.policy_name == "tail_quota"
     assert len(answer.items) == 5
     assert answer.degraded and list(answer.degraded_causes) == ["INTERESTS_NOT_EMBEDDED"]
+
+
+async def test_200_concurrent_recommends_are_each_logged_whole_before_they_answer(
+    suite: Suite,
+) -> None:
+    # Every answered list is in the impression log, row for row, and nothing else is: 200
+    # Recommends at once (the fan and 19 new users), each under its own request_id.
+    users = [FAN, *(f"new-{n}" for n in range(19))]
+    requests = [
+        Request(user_id=users[n % len(users)], k=5, request_id=f"c-{n}") for n in range(200)
+    ]
+    answers = await asyncio.gather(
+        *(suite.gateway.Recommend(request, timeout=CALL_TIMEOUT) for request in requests)
+    )
+    assert all(len(answer.items) == 5 for answer in answers)
+    for request, answer in zip(requests, answers, strict=True):
+        assert answer.request_id == request.request_id
+        logged = await suite.logged(answer.request_id)
+        assert [(i.position, i.item_id, i.user_id) for i in logged] == [
+            (item.position, item.item_id, request.user_id) for item in answer.items
+        ]
+    engine = sa.create_engine(suite.database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(sa.text("SELECT count(*) FROM impressions")).scalar_one()
+            counted = connection.execute(
+                sa.text("SELECT sum(impression_count) FROM item_counters")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert rows == counted == 200 * 5
+
+
+async def test_feedback_then_recommend_does_not_serve_the_item_again(suite: Suite) -> None:
+    first = await suite.gateway.Recommend(relevance(k=5, request_id="fb-1"), timeout=CALL_TIMEOUT)
+    clicked = first.items[0].item_id
+    recorded = await suite.gateway.Feedback(
+        gateway_service_pb2.FeedbackRequest(
+            request_id="fb-1", item_id=clicked, kind=common_pb2.INTERACTION_KIND_CLICK
+        ),
+        timeout=CALL_TIMEOUT,
+    )
+    assert recorded.recorded
+    # The relevance policy is deterministic: the same list, but for the item now in the history.
+    again = await suite.gateway.Recommend(relevance(k=5, request_id="fb-2"), timeout=CALL_TIMEOUT)
+    served = [item.item_id for item in again.items]
+    assert clicked not in served and len(served) == 5
+    assert not again.fallback and again.policy_name == "relevance"
