@@ -1,17 +1,23 @@
-"""The time splits: what is test, the <5 rule, ties, and that nothing leaks out of test."""
+"""The splits: what is test, the <5 rule, ties, and that nothing leaks out of test; the
+cold-items split holds its items out of everything the suite trains on."""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import defaultdict
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services.ranking.collaborative import InteractionBatch
+from services.ranking.training import RankerTrainingParams, _user_events, split_by_time
 from services.suite.datasets import InteractionRecord
 from services.suite.evaluation.split import (
     Split,
+    cold_item_split,
     global_time_split,
+    held_out_items,
     holdout_count,
     user_time_split,
     validation_split,
@@ -122,3 +128,94 @@ def test_global_split_never_puts_test_before_train(events: list[InteractionRecor
         # every eligible user's train is strictly before the cut-off
         assert all(e.occurred_at < cutoff for e in parts.train if counts[e.user_id] >= 5)
     assert all(len([x for x in events if x.user_id == e.user_id]) >= 5 for e in parts.test)
+
+
+# --------------------------------------------------------------------------- cold items
+
+
+def _items(events: list[InteractionRecord]) -> set[str]:
+    return {e.item_id for e in events}
+
+
+def _ranker_slice(events: list[InteractionRecord]) -> set[str]:
+    """Every item in the learned ranker's training slice (history and labels) when the ranking
+    service trains on these stored interactions (the path TrainModel takes)."""
+    batch = InteractionBatch(
+        [e.user_id for e in events],
+        [e.item_id for e in events],
+        [e.value for e in events],
+        [e.occurred_at.timestamp() for e in events],
+    )
+    by_user = _user_events([batch])
+    assert by_user is not None
+    history, labels = split_by_time(by_user, RankerTrainingParams())
+    items = {e.item_id for user_events in history.values() for e in user_events}
+    return items | {item for wanted in labels.values() for item in wanted}
+
+
+@settings(max_examples=200, deadline=None)
+@given(events_strategy, st.integers(0, 2**32 - 1), st.sampled_from([0.1, 0.2, 0.5]))
+def test_the_cold_items_split_leaks_nothing(
+    events: list[InteractionRecord], seed: int, share: float
+) -> None:
+    parts = cold_item_split(events, share, seed)
+    held = parts.held_out
+    interacted = _items(events)
+    assert held <= interacted
+    assert len(held) == math.floor(share * len(interacted) + 0.5)
+    # A partition of the input: every event in exactly one part.
+    every = parts.train + parts.warm_test + parts.cold_test + parts.dropped
+    assert sorted(map(id, every)) == sorted(map(id, events))
+
+    # No held-out item in training, in validation (either side), in the ranker's slice.
+    validation = validation_split(parts.train)
+    assert not held & _items(parts.train)
+    assert not held & _items(validation.train + validation.test)
+    assert not held & _ranker_slice(parts.train)
+    # ... nor in the warm test; every held-out interaction is cold test or dropped.
+    assert not held & _items(parts.warm_test)
+    assert _items(parts.cold_test + parts.dropped) <= held
+    assert len(parts.cold_test) + len(parts.dropped) == sum(e.item_id in held for e in events)
+    # The cold test is exactly the held-out interactions of users with training history.
+    trained = {e.user_id for e in parts.train}
+    assert all(e.user_id in trained for e in parts.cold_test)
+    assert all(e.user_id not in trained for e in parts.dropped)
+    assert set(parts.cold.relevant_items()) == {e.user_id for e in parts.cold_test}
+
+    # The warm part is the per-user time split of the other items' interactions.
+    warm = user_time_split([e for e in events if e.item_id not in held])
+    assert list(map(id, parts.train)) == list(map(id, warm.train))
+    assert list(map(id, parts.warm_test)) == list(map(id, warm.test))
+
+
+def test_held_out_items_depend_on_the_seed_and_the_set_only() -> None:
+    items = [f"m{n}" for n in range(100)]
+    chosen = held_out_items(items, 0.2, seed=7)
+    assert len(chosen) == 20
+    assert held_out_items(reversed(items + items), 0.2, seed=7) == chosen
+    assert held_out_items(items, 0.2, seed=8) != chosen
+    assert len(held_out_items(items[:7], 0.2, seed=0)) == 1  # round(1.4)
+    assert held_out_items([], 0.2, seed=0) == frozenset()
+
+
+def test_cold_items_split_by_hand() -> None:
+    events = [event("u1", item, t) for t, item in enumerate("abcdefg")]
+    events += [event("u2", "a", 10), event("u2", "b", 11)]
+    events += [event("u3", "a", 12)]  # u3 only touches a
+    # One of 7 items held out; seed 4 holds out "a" (a fixed hash: the same on every run).
+    parts = cold_item_split(events, 0.2, seed=4)
+    assert parts.held_out == {"a"}
+    # Users with training history keep their "a" as cold test; u3 has none: dropped.
+    assert [(e.user_id, e.item_id) for e in parts.cold_test] == [("u1", "a"), ("u2", "a")]
+    assert [(e.user_id, e.item_id) for e in parts.dropped] == [("u3", "a")]
+    # u1's 6 warm interactions split by time (1 test: the latest, g); u2's 1 stays train.
+    assert [(e.user_id, e.item_id) for e in parts.warm_test] == [("u1", "g")]
+    assert [(e.user_id, e.item_id) for e in parts.train] == [
+        ("u1", "b"),
+        ("u1", "c"),
+        ("u1", "d"),
+        ("u1", "e"),
+        ("u1", "f"),
+        ("u2", "b"),
+    ]
+    assert parts.cold.relevant_items() == {"u1": {"a"}, "u2": {"a"}}

@@ -17,7 +17,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", default="out/eval", help="output folder (default out/eval)")
     parser.add_argument("--workdir", help="suite state folder, emptied first (default <out>/suite)")
-    parser.add_argument("--split", choices=["user", "global"], default="user")
+    parser.add_argument(
+        "--split",
+        choices=["user", "global", "cold-items"],
+        default="user",
+        help="user: per-user time split (default); global: one cut-off time; cold-items: a "
+        "seeded share of the items held out with all their interactions (item cold start)",
+    )
+    parser.add_argument(
+        "--cold-share",
+        type=float,
+        default=0.2,
+        help="cold-items: the share of the interacted items held out (default 0.2)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full", action="store_true", help="the wide policy sweep")
     parser.add_argument(
@@ -71,6 +83,7 @@ async def cmd_eval(args: argparse.Namespace) -> None:
         out=out,
         workdir=Path(args.workdir) if args.workdir else None,
         split=args.split,
+        cold_share=args.cold_share,
         seed=args.seed,
         full=args.full,
         concurrency=args.concurrency,

@@ -71,10 +71,16 @@ def markdown(rows: Sequence[ResultRow], ks: Sequence[int], preamble: str = "") -
     return "\n".join(parts) + "\n"
 
 
+def wide(console: Console) -> Console:
+    """The console, or one as wide as the tables: wide rather than truncating the numbers."""
+    if console.width >= TABLE_WIDTH:
+        return console
+    return Console(file=console.file, width=TABLE_WIDTH, force_terminal=console.is_terminal)
+
+
 def print_tables(rows: Sequence[ResultRow], ks: Sequence[int], console: Console) -> None:
-    # Thirteen columns do not fit 80 characters; print wide rather than truncating the numbers.
-    if console.width < TABLE_WIDTH:
-        console = Console(file=console.file, width=TABLE_WIDTH, force_terminal=console.is_terminal)
+    # Thirteen columns do not fit 80 characters.
+    console = wide(console)
     for k in ks:
         header, body = table_rows(rows, k)
         table = Table(title=f"Offline evaluation, K = {k}", show_lines=False)

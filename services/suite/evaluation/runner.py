@@ -2,14 +2,16 @@
 
 Steps (see README.md in this folder for the protocol):
 1. split the interactions by time (per user, or globally) and carve a validation slice out of
-   the training part by the same rule;
+   the training part by the same rule; or (``cold-items``) hold a seeded share of the items out
+   with all their interactions and split the rest per user by time;
 2. start Triton and the five services (LocalSuite, fresh workdir, SQLite), upload the training
    part, index the catalogue through Triton, train the collaborative model (with the ALS
    parameters tuned on the validation slice) and reload ranking;
 3. baselines, tuned on the validation slice only: most-popular, random, ALS, content-only
    (the store's LLM vectors), xQuAD over the best relevance-only baseline's top 100;
 4. every exposure-policy setting of the sweep, asked of the running gateway for every test user;
-5. metrics at every K, tables, CSV and plots.
+5. metrics at every K, tables, CSV and plots; with ``cold-items`` also the cold-start accuracy
+   (``cold.py``) of the suite's ranking, every gateway setting and the cold baselines.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from longtail_client.client import LongtailClient
 from services.suite import datasets
+from services.suite.evaluation import cold
 from services.suite.evaluation.baselines import (
     Als,
     AlsParams,
@@ -48,7 +51,13 @@ from services.suite.evaluation.baselines import (
 from services.suite.evaluation.metrics import ItemFacts, evaluate, exposure_counts, ndcg_at_k
 from services.suite.evaluation.report import ResultRow, print_tables, write_outputs
 from services.suite.evaluation.serving import PolicySetting, default_sweep, serve_setting
-from services.suite.evaluation.split import Split, split
+from services.suite.evaluation.split import (
+    COLD_ITEM_SHARE,
+    ColdItemSplit,
+    Split,
+    cold_item_split,
+    split,
+)
 
 TUNING_K = 10
 
@@ -58,8 +67,11 @@ class EvalConfig:
     out: Path = Path("out/eval")
     # The suite's state folder; emptied first. Default: <out>/suite.
     workdir: Path | None = None
+    # "user", "global" or "cold-items".
     split: str = "user"
     test_share: float = 0.2
+    # cold-items: the share of the interacted items held out with all their interactions.
+    cold_share: float = COLD_ITEM_SHARE
     min_interactions: int = 5
     ks: tuple[int, ...] = (10, 20)
     seed: int = 0
@@ -133,6 +145,8 @@ class EvalResult:
     notes: list[str]
     timings: dict[str, float]
     paths: dict[str, Path]
+    # cold-items only: the cold-start accuracy per method.
+    cold_rows: list[cold.ColdRow] = dataclasses.field(default_factory=list)
 
 
 def natural_key(value: str) -> tuple[int, int | str]:
@@ -272,24 +286,50 @@ async def run_evaluation(
     categories = {item.item_id: item.categories for item in dataset.items}
 
     with clock.phase("split"):
-        parts = split(
-            dataset.interactions, config.split, config.test_share, config.min_interactions
-        )
-        validation = split(parts.train, config.split, config.test_share, config.min_interactions)
+        cold_split: ColdItemSplit[datasets.InteractionRecord] | None = None
+        if config.split == cold.SPLIT_NAME:
+            cold_split = cold_item_split(
+                dataset.interactions,
+                config.cold_share,
+                config.seed,
+                config.test_share,
+                config.min_interactions,
+            )
+            parts = cold_split.warm
+            # Carved from the warm training part: no held-out item in it either.
+            validation = split(parts.train, "user", config.test_share, config.min_interactions)
+        else:
+            parts = split(
+                dataset.interactions, config.split, config.test_share, config.min_interactions
+            )
+            validation = split(
+                parts.train, config.split, config.test_share, config.min_interactions
+            )
         relevant = parts.relevant_items()
         users = sorted(relevant, key=natural_key)
+        cold_relevant = cold_split.cold.relevant_items() if cold_split is not None else {}
+        cold_users = sorted(cold_relevant, key=natural_key)
+        # Users with a warm or a cold test item are served once per setting (in one order).
+        served_users = sorted(set(users) | set(cold_users), key=natural_key)
         train_matrix = TrainMatrix.build(
-            ((i.user_id, i.item_id) for i in parts.train), catalogue, users
+            ((i.user_id, i.item_id) for i in parts.train), catalogue, served_users
         )
         seen = {
             u: {train_matrix.items[i] for i in train_matrix.seen(r)}
-            for u, r in ((u, train_matrix.user_index[u]) for u in users)
+            for u, r in ((u, train_matrix.user_index[u]) for u in served_users)
         }
+    split_text = f"{config.split} time split" if cold_split is None else f"{config.split} split"
     console.print(
         f"[bold]{name}[/bold]: {len(catalogue)} items, {len(dataset.interactions)} interactions; "
-        f"{config.split} time split: {len(parts.train)} train / {len(parts.test)} test, "
+        f"{split_text}: {len(parts.train)} train / {len(parts.test)} test, "
         f"{len(users)} test users; validation slice {len(validation.test)} interactions"
     )
+    if cold_split is not None:
+        console.print(
+            f"held out {len(cold_split.held_out)} items: {len(cold_split.cold_test)} cold test "
+            f"interactions of {len(cold_users)} users ({len(cold_split.dropped)} by users "
+            "without training history dropped)"
+        )
 
     workdir = config.suite_workdir
     shutil.rmtree(workdir, ignore_errors=True)
@@ -299,6 +339,9 @@ async def run_evaluation(
         triton_url=config.triton_url,
     )
     rows: list[ResultRow] = []
+    cold_rows: list[cold.ColdRow] = []
+    # Every setting's served lists, in sweep order (the cold-start accuracy reads them).
+    served_lists: list[tuple[PolicySetting, dict[str, list[str]]]] = []
     tuning: list[tuple[str, float]] = []
     console.print("[bold]starting Triton and the five services…[/bold]")
     with clock.phase("suite start"):
@@ -311,7 +354,9 @@ async def run_evaluation(
     try:
         async with LongtailClient(suite.targets, timeout_seconds=config.timeout) as client:
             with clock.phase("upload"):
-                train_data = datasets.Dataset(dataset.items, dataset.users, list(parts.train))
+                train_data = datasets.Dataset(
+                    catalogue_to_serve(dataset.items, cold_split), dataset.users, list(parts.train)
+                )
                 await datasets.upload(
                     train_data, client.profiles, progress=config.progress, timeout=120.0
                 )
@@ -378,6 +423,8 @@ async def run_evaluation(
             settings = config.sweep()
             run_tag = f"eval-{config.seed}"
             flag_mismatch = 0
+            # Held-out items served with is_cold false: the store holds an interaction with one.
+            warm_held_out: set[str] = set()
             seen_served = 0
             seen_served_short = 0  # by users whose whole training history fits the limit
             train_events = Counter(i.user_id for i in parts.train)
@@ -385,7 +432,7 @@ async def run_evaluation(
                 with clock.phase("gateway"):
                     served = await serve_setting(
                         client,
-                        users,
+                        served_users,
                         setting,
                         k_max,
                         seed=config.seed,
@@ -397,6 +444,12 @@ async def run_evaluation(
                 flag_mismatch += sum(
                     1 for item, flag in served.flagged_tail.items() if flag != facts.is_tail(item)
                 )
+                if cold_split is not None:
+                    warm_held_out.update(
+                        item
+                        for item, flag in served.flagged_cold.items()
+                        if item in cold_split.held_out and not flag
+                    )
                 for user, items in served.lists.items():
                     repeats = len(set(items) & seen.get(user, set()))
                     seen_served += repeats
@@ -414,18 +467,24 @@ async def run_evaluation(
                 )
                 row.fallbacks = served.fallbacks
                 rows.append(row)
+                served_lists.append((setting, served.lists))
                 if served.fallbacks:
                     notes.append(
-                        f"{setting.family} {setting.label}: {served.fallbacks} of {len(users)} "
-                        "answers came from the gateway's fallback"
+                        f"{setting.family} {setting.label}: {served.fallbacks} of "
+                        f"{len(served_users)} answers came from the gateway's fallback"
                     )
             if flag_mismatch:
                 notes.append(
                     f"{flag_mismatch} served items carried an is_tail flag that differs from the "
                     "evaluation's head/tail split of the training part"
                 )
+            if warm_held_out:
+                notes.append(
+                    f"{len(warm_held_out)} held-out items were served flagged warm (is_cold "
+                    "false): the suite's store holds interactions with them, a leak"
+                )
             if seen_served:
-                long_users = sum(1 for u in users if train_events[u] > GATEWAY_HISTORY_LIMIT)
+                long_users = sum(1 for u in served_users if train_events[u] > GATEWAY_HISTORY_LIMIT)
                 notes.append(
                     f"{seen_served} served items (all settings together) were already in the "
                     f"user's training history; {seen_served - seen_served_short} of them went to "
@@ -438,6 +497,20 @@ async def run_evaluation(
                         else ""
                     )
                 )
+            if cold_split is not None:
+                with clock.phase("cold start"):
+                    cold_rows = await _cold_rows(
+                        client,
+                        cold_split,
+                        catalogue,
+                        cold_users,
+                        cold_relevant,
+                        train_matrix,
+                        vectors,
+                        served_lists,
+                        config,
+                        notes,
+                    )
     finally:
         with clock.phase("suite stop"):
             await suite.stop()
@@ -460,22 +533,131 @@ async def run_evaluation(
         "service_collaborative_version": trained.collaborative_version,
         "seed": config.seed,
     }
+    if cold_split is not None:
+        summary.update(
+            {
+                "cold_share": config.cold_share,
+                "held_out_items": len(cold_split.held_out),
+                "cold_test_interactions": len(cold_split.cold_test),
+                "cold_dropped_interactions": len(cold_split.dropped),
+                "cold_evaluated_users": len(cold_users),
+            }
+        )
     preamble = _preamble(summary, config)
     tuning_text = "\n".join(f"- {label}: NDCG@{TUNING_K} {score:.4f}" for label, score in tuning)
-    extra = {"Validation (tuning) results": tuning_text}
+    extra: dict[str, str] = {}
+    if cold_split is not None:
+        extra["Cold start: the held-out items"] = _cold_section(summary) + cold.markdown(
+            cold_rows, ks
+        )
+    extra["Validation (tuning) results"] = tuning_text
     if notes:
         extra["Notes"] = "\n".join(f"- {note}" for note in notes)
     paths = write_outputs(rows, ks, config.out, preamble, extra)
+    if cold_split is not None:
+        paths["cold_csv"] = config.out / "cold.csv"
+        cold.write_csv(cold_rows, ks, paths["cold_csv"])
     (config.out / "timings.json").write_text(json.dumps(clock.timings, indent=2) + "\n")
     paths["timings"] = config.out / "timings.json"
     print_tables(rows, ks, console)
+    if cold_rows:
+        cold.print_table(cold_rows, ks, console)
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
     console.print(
         "timings: " + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in clock.timings.items())
     )
     console.print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return EvalResult(rows, facts, len(users), summary, tuning, notes, clock.timings, paths)
+    return EvalResult(
+        rows, facts, len(users), summary, tuning, notes, clock.timings, paths, cold_rows
+    )
+
+
+def catalogue_to_serve(
+    items: Sequence[datasets.ItemRecord],
+    cold_split: ColdItemSplit[datasets.InteractionRecord] | None,
+) -> list[datasets.ItemRecord]:
+    """Every item, the held-out ones without their user tags: a tag is a user's action on the
+    item (MovieLens' tags.csv), which a brand-new item has not had; title, description,
+    categories and attributes stay, so content can place it."""
+    if cold_split is None:
+        return list(items)
+    held = cold_split.held_out
+    return [dataclasses.replace(i, tags=[]) if i.item_id in held else i for i in items]
+
+
+async def _cold_rows(
+    client: LongtailClient,
+    cold_split: ColdItemSplit[datasets.InteractionRecord],
+    catalogue: Sequence[str],
+    users: Sequence[str],
+    relevant: Mapping[str, frozenset[str]],
+    train: TrainMatrix,
+    vectors: Mapping[str, npt.NDArray[np.float32]],
+    served_lists: Sequence[tuple[PolicySetting, Mapping[str, Sequence[str]]]],
+    config: EvalConfig,
+    notes: list[str],
+) -> list[cold.ColdRow]:
+    """Cold-start accuracy: the ranking service, every served setting, the cold baselines."""
+    ks = tuple(config.ks)
+    k = max(ks)
+    warm_items = frozenset(catalogue) - cold_split.held_out
+
+    async def ranked(exclude: frozenset[str], desc: str) -> dict[str, list[str]]:
+        return await cold.ranking_lists(
+            client,
+            users,
+            k,
+            exclude=exclude,
+            history_limit=GATEWAY_HISTORY_LIMIT,
+            concurrency=config.concurrency,
+            timeout=config.timeout,
+            progress=config.progress,
+            desc=desc,
+        )
+
+    among_cold: dict[str, float] | None = None
+    if len(warm_items) <= cold.RANK_MAX_EXCLUSIONS:
+        among_cold = cold.accuracy(await ranked(warm_items, "ranking: cold only"), relevant, ks)
+    else:
+        notes.append(
+            f"the ranking service was not measured among cold candidates: that excludes the "
+            f"{len(warm_items)} other items, above RankCandidates' {cold.RANK_MAX_EXCLUSIONS}"
+        )
+    among_all = cold.accuracy(await ranked(frozenset(), "ranking: all items"), relevant, ks)
+    rows = [cold.ColdRow("suite:ranking", "RankCandidates (pre-policy)", among_cold, among_all)]
+    for setting, lists in served_lists:
+        rows.append(
+            cold.ColdRow(
+                f"gateway:{setting.family}",
+                setting.label,
+                None,
+                cold.accuracy(lists, relevant, ks),
+            )
+        )
+    rows += await asyncio.to_thread(
+        cold.baseline_rows,
+        train,
+        users,
+        relevant,
+        cold_split.held_out,
+        vectors,
+        config.seed,
+        ks,
+    )
+    return rows
+
+
+def _cold_section(summary: Mapping[str, Any]) -> str:
+    return (
+        f"{summary['held_out_items']} items ({summary['cold_share']:.0%} of the interacted ones, "
+        f"seed {summary['seed']}) held out with all their interactions; "
+        f"{summary['cold_test_interactions']} of those interactions are the cold test "
+        f"({summary['cold_evaluated_users']} users with training history); "
+        f"{summary['cold_dropped_interactions']} by users without training history are in no "
+        "part. *cold cands*: the method ranks only the held-out items; *all items*: its usual "
+        "list over the whole catalogue. Gateway rows rank the whole catalogue only.\n\n"
+    )
 
 
 def _row(
@@ -534,11 +716,22 @@ def _baseline_rows(
 
 
 def _preamble(summary: Mapping[str, Any], config: EvalConfig) -> str:
-    split_rule = (
+    per_user = (
         f"per user, the last {config.test_share:.0%} of each user's interactions by time are test"
-        if config.split == "user"
-        else f"global: interactions in the last {config.test_share:.0%} of time order are test"
     )
+    if config.split == "user":
+        split_rule = per_user
+    elif config.split == cold.SPLIT_NAME:
+        split_rule = (
+            f"cold items: {summary['held_out_items']} items held out with all their "
+            "interactions (the cold-start table follows the others); the main tables are the "
+            f"warm part: per user, the last {config.test_share:.0%} of each user's warm "
+            "interactions by time are test"
+        )
+    else:
+        split_rule = (
+            f"global: interactions in the last {config.test_share:.0%} of time order are test"
+        )
     test_share_pct = f"{config.test_share:.0%}"
     return "\n".join(
         [
@@ -566,6 +759,7 @@ __all__ = [
     "EvalConfig",
     "EvalResult",
     "SuiteStartError",
+    "catalogue_to_serve",
     "run_evaluation",
     "subset",
     "tune_baselines",

@@ -6,6 +6,10 @@
   ``1 - test_share`` quantile are test (again only for users with at least ``min_interactions``).
 - ``validation_split``: the same rule applied to the training part, for tuning; test is never
   looked at while tuning.
+- ``cold_item_split`` (the item cold-start protocol of DropoutNet / ALDI / ColdRec): a seeded
+  ``cold_share`` (20%) of the items that have interactions is held out with *all* their
+  interactions; the remaining (warm) interactions get the per-user time split; the cold test is
+  the held-out items' interactions of users who have training history.
 
 Order within a user is (time, item id, input position), so ties in time split the same way on
 every run.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -22,6 +27,7 @@ from typing import Generic, Protocol, TypeVar
 
 TEST_SHARE = 0.2
 MIN_INTERACTIONS = 5
+COLD_ITEM_SHARE = 0.2
 
 
 class Event(Protocol):
@@ -116,6 +122,67 @@ def global_time_split(
         counts[event.user_id] >= min_interactions and _time(event) >= cutoff for event in events
     ]
     return _partition(events, is_test)
+
+
+def held_out_items(item_ids: Iterable[str], share: float, seed: int) -> frozenset[str]:
+    """``round(share * n)`` of the ``n`` distinct items: those with the smallest
+    blake2b(seed, item id). Depends only on the seed and the set of ids (not their order, not
+    the platform or the Python version)."""
+    if not 0.0 < share < 1.0:
+        raise ValueError("the cold item share must be in (0, 1)")
+    items = sorted(set(item_ids))
+    count = math.floor(share * len(items) + 0.5)
+
+    def key(item: str) -> tuple[bytes, str]:
+        digest = hashlib.blake2b(f"{seed}\x00{item}".encode(), digest_size=8).digest()
+        return digest, item
+
+    return frozenset(sorted(items, key=key)[:count])
+
+
+@dataclasses.dataclass(frozen=True)
+class ColdItemSplit(Generic[E]):
+    """The item cold-start split: ``train`` holds no interaction with a ``held_out`` item."""
+
+    held_out: frozenset[str]
+    train: list[E]
+    # The per-user time split's test part of the warm interactions (the usual metrics).
+    warm_test: list[E]
+    # Held-out items' interactions of users who have training history.
+    cold_test: list[E]
+    # Held-out items' interactions of users without training history: in no part (there is no
+    # history to recommend from, and serving them would be the cold-user problem).
+    dropped: list[E]
+
+    @property
+    def warm(self) -> Split[E]:
+        return Split(self.train, self.warm_test)
+
+    @property
+    def cold(self) -> Split[E]:
+        return Split(self.train, self.cold_test)
+
+
+def cold_item_split(
+    events: Sequence[E],
+    cold_share: float = COLD_ITEM_SHARE,
+    seed: int = 0,
+    test_share: float = TEST_SHARE,
+    min_interactions: int = MIN_INTERACTIONS,
+) -> ColdItemSplit[E]:
+    """Hold out a seeded ``cold_share`` of the interacted items with all their interactions;
+    split the rest per user by time (``user_time_split``). The input order is kept in every
+    part."""
+    held = held_out_items((event.item_id for event in events), cold_share, seed)
+    warm_events = [event for event in events if event.item_id not in held]
+    warm = user_time_split(warm_events, test_share, min_interactions)
+    trained_users = {event.user_id for event in warm.train}
+    cold_test: list[E] = []
+    dropped: list[E] = []
+    for event in events:
+        if event.item_id in held:
+            (cold_test if event.user_id in trained_users else dropped).append(event)
+    return ColdItemSplit(held, warm.train, warm.test, cold_test, dropped)
 
 
 def validation_split(
