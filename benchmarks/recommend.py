@@ -9,7 +9,11 @@ and trains, then measures:
 - open loop: a fixed request rate, latency counted from the scheduled send time (so a slow
   server cannot hide queueing: no coordinated omission);
 - the time per hop, each service called directly and sequentially (profiles, ranking, exposure,
-  impression write) next to the gateway's own Recommend.
+  impression write) next to the gateway's own Recommend;
+- the CPU each suite process spent per answered Recommend in every load row (from /proc: CPU
+  time is comparable on a busy machine, wall-clock is not), against the **floor**: the same
+  pipeline's domain code called in this one process without gRPC (benchmarks/floor.py).
+``--profile DIR`` also writes a CPU profile of every service (benchmarks/profiling).
 A share of the requests (``--cold-share``) comes from new users with stated interests, which goes
 through the embeddings service and Triton.
 
@@ -39,6 +43,7 @@ import numpy as np
 from rich.console import Console
 
 from benchmarks.cpu import SERVICE_ORDER, CpuSnapshot
+from benchmarks.floor import Floor, FloorResult, measure_floor
 from benchmarks.tables import emit_table
 from longtail.common.v1 import common_pb2
 from longtail.embeddings.v1 import embeddings_service_pb2
@@ -369,20 +374,50 @@ async def measured(suite: LocalSuite, run: Coroutine[Any, Any, Row]) -> Row:
     return row
 
 
-def print_cpu_table(rows: list[Row], title: str) -> str:
+def print_cpu_table(rows: list[Row], title: str, floor: FloorResult | None = None) -> str:
     columns = ["total", *SERVICE_ORDER, "load gen"]
-    header = ["mode", "load", "req/s", *[f"{c} CPU-ms" for c in columns]]
+    header = ["mode", "load", "req/s", *[f"{c} CPU-ms" for c in columns], "x floor"]
     cells = [
         [
             row.mode,
             row.load,
             f"{row.throughput:.1f}",
             *[f"{row.cpu_ms.get(c, 0.0):.2f}" for c in columns],
+            f"{row.cpu_ms['total'] / floor.cpu_ms_per_request:.1f}"
+            if floor is not None and floor.cpu_ms_per_request > 0
+            else "",
         ]
         for row in rows
         if row.cpu_ms
     ]
+    if floor is not None:
+        embedding = floor.stages.get("embeddings + triton", 0.0)
+        cells.append(
+            [
+                "floor",
+                "in-process, 1 caller",
+                f"{floor.requests / floor.seconds:.1f}" if floor.seconds else "",
+                f"{floor.cpu_ms_per_request:.2f}",
+                *["" for _ in SERVICE_ORDER[:-2]],
+                f"{embedding:.2f} (with triton)",
+                "",
+                f"{floor.cpu_ms_per_request - embedding:.2f}",
+                "1.0",
+            ]
+        )
     return emit_table(console, title, header, cells, left=("mode", "load"))
+
+
+def print_floor_table(floor: FloorResult) -> str:
+    """Where the floor's CPU goes, stage by stage."""
+    header = ["stage", "CPU-ms per request"]
+    cells = [[name, f"{ms:.3f}"] for name, ms in floor.stages.items()]
+    cells.append(["total", f"{floor.cpu_ms_per_request:.3f}"])
+    title = (
+        f"Floor: the pipeline's domain code in one process, {floor.requests} requests "
+        f"({floor.cold_requests} new users), p50 {floor.percentile(50):.2f} ms"
+    )
+    return emit_table(console, title, header, cells, left=("stage",))
 
 
 def enable_profiling(folder: str) -> None:
@@ -397,7 +432,7 @@ def enable_profiling(folder: str) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="longtail-bench-"))
-    async with LocalSuite(SuiteConfig(workdir=workdir)) as suite:
+    async with LocalSuite(SuiteConfig(workdir=workdir, database_url=args.database_url)) as suite:
         client = LongtailClient(suite.targets, timeout_seconds=60)
         try:
             dataset = await prepare(client, args)
@@ -425,6 +460,14 @@ async def main(args: argparse.Namespace) -> None:
                     await measured(suite, open_loop(client, workload, rate, args.seconds, args.k))
                 )
             hops = await per_hop(client, users, args.hop_calls, args.k)
+            floor_result = None
+            if args.floor_requests > 0:
+                # The same pipeline's domain code in this process, on the same store and catalogue.
+                floor = await Floor.open(suite, args.k)
+                try:
+                    floor_result = await measure_floor(floor, workload, args.floor_requests, args.k)
+                finally:
+                    await floor.close()
         finally:
             await client.close()
     title = (
@@ -432,8 +475,12 @@ async def main(args: argparse.Namespace) -> None:
         f"cold share {args.cold_share:g}"
     )
     text = print_table(rows, title)
-    cpu_text = print_cpu_table(rows, "CPU-ms per answered Recommend, per process (from /proc)")
+    cpu_text = print_cpu_table(
+        rows, "CPU-ms per answered Recommend, per process (from /proc)", floor_result
+    )
     text = f"{text}\n\n{cpu_text}"
+    if floor_result is not None:
+        text = f"{text}\n\n{print_floor_table(floor_result)}"
     hop_text = print_table(hops, "Per hop, sequential direct calls")
     if args.out:
         await asyncio.to_thread(
@@ -461,6 +508,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200])
     parser.add_argument("--hop-calls", type=int, default=200)
+    parser.add_argument(
+        "--floor-requests",
+        type=int,
+        default=300,
+        help="requests through the in-process floor (benchmarks/floor.py); 0 = none",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="the profiles store (default: SQLite in a temporary folder), e.g. "
+        "postgresql+psycopg://postgres@127.0.0.1:5432/bench (an empty database)",
+    )
     parser.add_argument(
         "--profile", help="folder: each service writes a cProfile dump there when the suite stops"
     )
