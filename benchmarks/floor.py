@@ -41,6 +41,7 @@ import numpy as np
 from benchmarks.cpu import CpuSnapshot
 from longtail.embeddings.v1 import embeddings_service_pb2, embeddings_service_pb2_grpc
 from longtail.profiles.v1 import profiles_service_pb2_grpc
+from services.common.artifacts import open_store
 from services.common.channels import open_channel
 from services.common.errors import NotFound, Unavailable
 from services.common.settings import ClientSettings, load_settings
@@ -73,11 +74,11 @@ from services.ranking.collaborative import (
     KIND_PURCHASE,
     KIND_RATING,
     KIND_VIEW,
-    ArtifactStore,
     interaction_weight,
 )
 from services.ranking.config import RankingSettings
 from services.ranking.engine import RankingEngine, RankRequest
+from services.ranking.model_registry import ModelFollower, ProfilesModelRegistry
 from services.ranking.scorer import HistoryItem
 from services.suite.local import TRITON, LocalSuite
 
@@ -295,11 +296,17 @@ class Floor:
             ),
             ProfilesInteractionSource(profiles_stub, timeout=ranking.profiles_timeout_seconds),
             encoder,
-            ArtifactStore(ranking.artifact_dir),
+            # The collaborative model: the registry's active bundle (kept by profiles), from the
+            # suite's artefact store, as the ranking service follows it.
+            ModelFollower(
+                ProfilesModelRegistry(profiles_stub, timeout=ranking.profiles_timeout_seconds),
+                open_store(ranking.store_settings()),
+            ),
             ranking.scorer_config(),
             ranking.als_params(),
             ranking.index_params(),
             ranking.ranker_params(),
+            train_in_process=ranking.train_in_process,
         )
         stats = InProcessExposureStats(profiles, exposure.stats_cache_seconds)
         reranker = Reranker(
