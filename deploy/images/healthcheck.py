@@ -2,11 +2,9 @@
 
     python /app/healthcheck.py [PORT]        (default: $LONGTAIL_HEALTHCHECK_PORT, set by the image)
 
-Used by the compose file, and by the prod-gpu overlay's exec probes: the kubelet's native gRPC
-probes speak plaintext only, so with TLS on they cannot reach the server. With
-``LONGTAIL_HEALTHCHECK_TLS_CA`` (a CA file) the check uses TLS, verifying the certificate for
-``LONGTAIL_HEALTHCHECK_TLS_NAME`` (a name in its SANs, e.g. the Service name). Health is exempt
-from the bearer token.
+compose's healthcheck runs it (compose has no gRPC health check of its own). Plaintext only: with
+TLS on the main port, point it at the plaintext health-only port
+(``LONGTAIL_<NAME>_HEALTH_PORT``), which is also what the kubelet's native gRPC probes use.
 """
 
 from __future__ import annotations
@@ -23,17 +21,7 @@ def main() -> int:
     if not port:
         print("usage: healthcheck.py PORT", file=sys.stderr)
         return 2
-    target = f"127.0.0.1:{port}"
-    ca_file = os.environ.get("LONGTAIL_HEALTHCHECK_TLS_CA", "")
-    if ca_file:
-        with open(ca_file, "rb") as handle:
-            credentials = grpc.ssl_channel_credentials(handle.read())
-        name = os.environ.get("LONGTAIL_HEALTHCHECK_TLS_NAME", "localhost")
-        options = [("grpc.ssl_target_name_override", name)]
-        channel = grpc.secure_channel(target, credentials, options=options)
-    else:
-        channel = grpc.insecure_channel(target)
-    with channel:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         try:
             check = channel.unary_unary(
                 "/grpc.health.v1.Health/Check",

@@ -3,6 +3,11 @@
 A service module builds a ``ServiceDefinition`` (its servicers and, optionally, a readiness probe);
 ``start_service`` serves it (tests use this, on port 0), and ``run_service`` is the process entry
 point (``python -m services.<name>``): settings from the environment, JSON logs, signals.
+
+With ``ServerSettings.health_port`` set, a second, plaintext server answers ``grpc.health.v1``
+only, from the same health servicer as the main port: the kubelet's native gRPC probes speak
+plaintext, so with TLS on the main port they need this one. It stays up while the main server
+drains (answering NOT_SERVING) and stops after it.
 """
 
 from __future__ import annotations
@@ -254,12 +259,17 @@ class RunningService:
         health_servicer: health.aio.HealthServicer,
         port: int,
         grace_seconds: float,
+        health_server: grpc.aio.Server | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.definition = definition
         self.server = server
         self.health = health_servicer
         self.port = port
         self.grace_seconds = grace_seconds
+        # The plaintext health-only server (``ServerSettings.health_port``), if any.
+        self.health_server = health_server
+        self.health_port = health_port
         self._readiness_task: asyncio.Task[None] | None = None
         self.observability: Observability | None = None
         self._stopped = False
@@ -303,6 +313,9 @@ class RunningService:
                 await self._readiness_task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_seconds if grace is None else grace)
+        # Probes see NOT_SERVING (not a refused connection) for as long as the drain lasts.
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         if self.definition.on_shutdown is not None:
             await self.definition.on_shutdown()
 
@@ -310,12 +323,29 @@ class RunningService:
         await self.server.wait_for_termination()
 
 
+def _health_only_server(
+    health_servicer: health.aio.HealthServicer, settings: ServerSettings
+) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with ``grpc.health.v1.Health`` alone: every other method, reflection
+    included, is UNIMPLEMENTED there, so the port reveals nothing but serving status."""
+    assert settings.health_port is not None
+    server = grpc.aio.server(
+        # Health needs no token; undecodable requests get the same INVALID_ARGUMENT as elsewhere.
+        interceptors=[_ErrorAndContextInterceptor(auth_token=None)],
+        options=[("grpc.so_reuseport", 0)],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+    return server, port
+
+
 async def start_service(
     definition: ServiceDefinition,
     settings: ServerSettings,
     observability: Observability | None = None,
 ) -> RunningService:
-    """Serve ``definition`` on ``settings.host:settings.port`` (0 = a free port)."""
+    """Serve ``definition`` on ``settings.host:settings.port`` (0 = a free port), and health
+    alone on ``settings.health_port`` when it is set."""
     # Per server by default (tests start several per process); run_service passes the process's.
     observability = observability or Observability(definition.name)
     server = grpc.aio.server(
@@ -350,11 +380,27 @@ async def start_service(
         port = server.add_secure_port(address, credentials)
     else:
         port = server.add_insecure_port(address)
-    await server.start()
-    running = RunningService(definition, server, health_servicer, port, settings.grace_seconds)
+    health_server, health_port = (
+        _health_only_server(health_servicer, settings)
+        if settings.health_port is not None
+        else (None, None)
+    )
+    running = RunningService(
+        definition,
+        server,
+        health_servicer,
+        port,
+        settings.grace_seconds,
+        health_server=health_server,
+        health_port=health_port,
+    )
     running.observability = observability
-    # Without a probe the service is ready once it listens; with one, the probe decides.
+    # Without a probe the service is ready once it listens; with one, the probe decides. Set
+    # before either port listens, so that no probe sees the servicer's initial SERVING.
     await running.set_serving(definition.readiness is None)
+    await server.start()
+    if health_server is not None:
+        await health_server.start()
     running.start_readiness()
     return running
 
@@ -397,7 +443,13 @@ def run_service(
             loop.add_signal_handler(sig, stop.set)
         log.info(
             "serving",
-            extra={"fields": {"host": server_settings.host, "port": running.port}},
+            extra={
+                "fields": {
+                    "host": server_settings.host,
+                    "port": running.port,
+                    "health_port": running.health_port,
+                }
+            },
         )
         print(f"LISTENING {server_settings.host}:{running.port}", flush=True)
         await stop.wait()

@@ -93,6 +93,10 @@ class ServerSettings:
     grace_seconds: float = 5.0
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Plaintext port answering grpc.health.v1 only (no other service, no reflection), with the
+    # main port's status, NOT_SERVING while draining: for the kubelet's gRPC probes, which cannot
+    # speak TLS. Unset: no health port; 0: a free port (tests). Deployments use 9465.
+    health_port: int | None = None
     # When set, every call but health checks must carry ``authorization: Bearer <token>``.
     auth_token: str | None = None
     log_level: str = "INFO"

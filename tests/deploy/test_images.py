@@ -1,9 +1,15 @@
 """The service images, checked without a container engine.
 
+One Dockerfile, deploy/images/Dockerfile, builds every service's image with
+``--build-arg SERVICE=<name>``; tests/deploy/dockerfile.py reads it as docker would for that
+build arg. Checked per service:
+
 - the requirement lists pin what pyproject pins, and cover every import of the files the image
   copies (an import scan of services/common + services/<name>);
-- each Dockerfile is multi-stage, runs as a non-root user and starts ``python -m services.<name>``;
-- each entry point, started from a copy of exactly what its Dockerfile puts in /app, with the
+- the image is multi-stage, runs as a non-root user, starts ``python -m services.<name>``, copies
+  services/common and services/<name> only, and carries its own row of the per-service table
+  (ports, environment defaults, volume, system packages) and no other service's;
+- each entry point, started from a copy of exactly what the image puts in /app, with the
   image's environment and only its requirements importable, reports SERVING (the embeddings
   service against a stand-in Triton that answers the readiness calls from the real model config).
 """
@@ -14,10 +20,8 @@ import ast
 import asyncio
 import contextlib
 import importlib.metadata
-import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -34,10 +38,14 @@ from grpc_health.v1 import health_pb2
 from packaging.requirements import Requirement
 
 from services.common.channels import check_health
+from services.common.server import ServiceDefinition, start_service
+from services.common.settings import ServerSettings
 from tests.conftest import missing
+from tests.deploy.dockerfile import Dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "deploy" / "images"
+DOCKERFILE = IMAGES / "Dockerfile"
 SERVICES = ("profiles", "embeddings", "exposure", "ranking", "gateway")  # start order
 PORTS = {
     "gateway": 50050,
@@ -46,6 +54,16 @@ PORTS = {
     "ranking": 50053,
     "exposure": 50054,
 }
+# What each service's row of the Dockerfile's table adds beyond host, port and metrics port.
+EXTRA_ENV = {
+    "gateway": {},
+    "profiles": {"LONGTAIL_PROFILES_DATABASE_URL": "sqlite:////var/lib/longtail/longtail.db"},
+    "embeddings": {"LONGTAIL_EMBEDDINGS_TRITON_URL": "triton:8001"},
+    "ranking": {"LONGTAIL_RANKING_ARTIFACT_DIR": "/var/lib/longtail/artifacts"},
+    "exposure": {},
+}
+STATEFUL = {"profiles", "ranking"}  # the volume /var/lib/longtail
+SYSTEM_PACKAGES = {"ranking": {"libgomp1"}}  # OpenMP for faiss / implicit
 DEPENDENCIES = {
     "profiles": (),
     "embeddings": (),
@@ -152,60 +170,52 @@ def test_the_embeddings_image_carries_no_model_runtime() -> None:
     assert not allowed & {"torch", "transformers", "onnxruntime", "nvidia-pytriton", "faiss-cpu"}
 
 
-class Dockerfile:
-    def __init__(self, path: Path) -> None:
-        text = path.read_text().replace("\\\n", " ")
-        self.stages: list[list[tuple[str, str]]] = []
-        for raw in text.splitlines():
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            instruction, _, rest = line.partition(" ")
-            if instruction.upper() == "FROM":
-                self.stages.append([])
-            if self.stages:
-                self.stages[-1].append((instruction.upper(), rest.strip()))
+def image(service: str) -> Dockerfile:
+    """deploy/images/Dockerfile as ``docker build --build-arg SERVICE=<service>`` reads it."""
+    return Dockerfile(DOCKERFILE, {"SERVICE": service})
 
-    def runtime(self, instruction: str) -> list[str]:
-        return [rest for name, rest in self.stages[-1] if name == instruction]
 
-    def env(self) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for rest in self.runtime("ENV"):
-            for pair in shlex.split(rest):
-                key, _, value = pair.partition("=")
-                env[key] = value
-        return env
-
-    def copies_into_app(self) -> list[tuple[str, str]]:
-        """(source in the repository, destination under /app) of the builder's COPY lines."""
-        pairs = []
-        for name, rest in self.stages[0]:
-            parts = rest.split()
-            if name == "COPY" and len(parts) == 2 and parts[1].startswith("/app/"):
-                pairs.append((parts[0], parts[1].removeprefix("/app/")))
-        return pairs
+def test_one_dockerfile_has_a_row_for_every_service_and_no_more() -> None:
+    # Triton's is NVIDIA's container, the one image built otherwise.
+    assert {path.parent.name for path in IMAGES.glob("*/Dockerfile")} == {"triton"}
+    rows = set(Dockerfile(DOCKERFILE).stage_names) - {"builder", "base", "image"}
+    assert rows == set(SERVICES)
+    requirement_files = {
+        p.stem.removeprefix("requirements-") for p in IMAGES.glob("requirements-*")
+    }
+    assert requirement_files - {"common", "protoc", "triton"} == set(SERVICES)
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_dockerfile_is_multi_stage_non_root_and_starts_the_service(service: str) -> None:
-    dockerfile = Dockerfile(IMAGES / service / "Dockerfile")
-    assert len(dockerfile.stages) == 2
-    builder = " ".join(rest for _, rest in dockerfile.stages[0])
+    dockerfile = image(service)
+    chain = [stage.name for stage in dockerfile.image()]
+    assert chain == ["base", service, "image"], chain
+    builder = " ".join(rest for _, rest in dockerfile.app_stage().instructions)
     assert "grpc_tools.protoc" in builder and f"requirements-{service}.txt" in builder
-    assert json.loads(dockerfile.runtime("ENTRYPOINT")[-1]) == [
-        "python",
-        "-m",
-        f"services.{service}",
-    ]
-    user = dockerfile.runtime("USER")[-1]
-    assert user.split(":")[0] not in ("0", "root")
-    env = dockerfile.env()
-    assert env[f"LONGTAIL_{service.upper()}_HOST"] == "0.0.0.0"
-    assert env[f"LONGTAIL_{service.upper()}_PORT"] == str(PORTS[service])
+    assert "${SERVICE}" not in builder  # the builder stage declares the ARG it uses
+    assert dockerfile.entrypoint() == ["python", "-m", f"services.{service}"]
+    assert dockerfile.user().split(":")[0] not in ("0", "root")
+    prefix = f"LONGTAIL_{service.upper()}_"
+    longtail = {k: v for k, v in dockerfile.env().items() if k.startswith("LONGTAIL_")}
+    assert longtail == {
+        f"{prefix}HOST": "0.0.0.0",
+        f"{prefix}PORT": str(PORTS[service]),
+        f"{prefix}METRICS_PORT": "9464",
+        "LONGTAIL_HEALTHCHECK_PORT": str(PORTS[service]),
+        **EXTRA_ENV[service],
+    }
+    assert dockerfile.exposed() == {PORTS[service], 9464}
+    assert dockerfile.volumes() == ({"/var/lib/longtail"} if service in STATEFUL else set())
+    runs = " ".join(dockerfile.runtime("RUN"))
+    for package in SYSTEM_PACKAGES.get(service, set()):
+        assert package in runs
+    assert ("apt-get" in runs) == (service in SYSTEM_PACKAGES)
     sources = {source for source, _ in dockerfile.copies_into_app()}
     copied_services = {s for s in sources if s.startswith("services/")}
     assert copied_services == {"services/__init__.py", "services/common", f"services/{service}"}
+    for source in sources:
+        assert (ROOT / source).exists(), source
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -249,7 +259,7 @@ class FakeTriton:
 def _build_app(service: str, target: Path) -> Path:
     """What the Dockerfile puts in /app: its COPY lines, and the contracts compiled from protos/."""
     app = target / "app"
-    for source, destination in Dockerfile(IMAGES / service / "Dockerfile").copies_into_app():
+    for source, destination in image(service).copies_into_app():
         src, dst = ROOT / source, app / destination
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
@@ -277,7 +287,7 @@ class Started:
         self.ports: dict[str, int] = {}
 
     def environment(self, service: str) -> dict[str, str]:
-        dockerfile = Dockerfile(IMAGES / service / "Dockerfile")
+        dockerfile = image(service)
         prefix = f"LONGTAIL_{service.upper()}_"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LONGTAIL_")}
         image_env = dockerfile.env()
@@ -398,44 +408,49 @@ def test_the_guard_refuses_what_the_image_does_not_install(tmp_path: Path) -> No
     assert result.returncode != 0 and "services.ranking" in result.stderr
 
 
-def test_healthcheck_script_speaks_tls(tmp_path: Path) -> None:
-    """The prod overlay's exec probes: healthcheck.py over TLS against a TLS-serving runtime."""
+def _self_signed(folder: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         missing("openssl", "openssl is not installed (make setup installs it)")
-    key, cert = tmp_path / "tls.key", tmp_path / "tls.crt"
+    key, cert = folder / "tls.key", folder / "tls.crt"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=gateway",
-         "-addext", "subjectAltName=DNS:gateway"],
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"],
         check=True,
         capture_output=True,
     )  # fmt: skip
-    server_code = (
-        "import asyncio, sys\n"
-        "from pathlib import Path\n"
-        "from services.common.server import ServiceDefinition, start_service\n"
-        "from services.common.settings import ServerSettings\n"
-        "async def main():\n"
-        "    s = await start_service(ServiceDefinition('t', []), ServerSettings(port=0,"
-        f" tls_cert_file=Path({str(cert)!r}), tls_key_file=Path({str(key)!r})))\n"
-        "    print(s.port, flush=True)\n"
-        # Serves until killed below: no clock decides when the checks are too late.
-        "    await asyncio.Event().wait()\n"
-        "asyncio.run(main())\n"
+    return cert, key
+
+
+async def test_healthcheck_script_reports_the_servers_health(tmp_path: Path) -> None:
+    """compose's healthcheck: /app/healthcheck.py exits 0 on SERVING, 1 otherwise; plaintext,
+    so against a TLS server it can only ask the health-only port."""
+    cert, key = _self_signed(tmp_path)
+
+    def check(port: int | None, *, from_env: bool = False) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LONGTAIL_")}
+        argv = [sys.executable, str(IMAGES / "healthcheck.py")]
+        if from_env:  # as the image runs it: the port from LONGTAIL_HEALTHCHECK_PORT
+            env["LONGTAIL_HEALTHCHECK_PORT"] = str(port)
+        else:
+            argv.append(str(port))
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    plain = await start_service(ServiceDefinition("t", []), ServerSettings(port=0))
+    secure = await start_service(
+        ServiceDefinition("t", []),
+        ServerSettings(port=0, health_port=0, tls_cert_file=cert, tls_key_file=key),
     )
-    server = subprocess.Popen([sys.executable, "-c", server_code], stdout=subprocess.PIPE, cwd=ROOT)
     try:
-        assert server.stdout is not None
-        port = server.stdout.readline().decode().strip()
-        env = {**os.environ, "LONGTAIL_HEALTHCHECK_TLS_CA": str(cert)}
-        check = [sys.executable, str(IMAGES / "healthcheck.py"), port]
-        tls = subprocess.run(
-            check, env={**env, "LONGTAIL_HEALTHCHECK_TLS_NAME": "gateway"},
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
-        assert tls.returncode == 0 and "SERVING" in tls.stdout, tls.stderr
-        plain = subprocess.run(check, capture_output=True, text=True, timeout=30)
-        assert plain.returncode == 1  # plaintext against a TLS port fails, as the kubelet would
+        # In a thread: the servers answer from this event loop.
+        answer = await asyncio.to_thread(check, plain.port, from_env=True)
+        assert answer.returncode == 0 and answer.stdout.strip() == "SERVING", answer.stderr
+        answer = await asyncio.to_thread(check, secure.health_port)
+        assert answer.returncode == 0 and answer.stdout.strip() == "SERVING", answer.stderr
+        answer = await asyncio.to_thread(check, secure.port)  # plaintext against TLS
+        assert answer.returncode == 1 and "UNAVAILABLE" in answer.stderr
+        await plain.health.enter_graceful_shutdown()  # what stop() does first
+        answer = await asyncio.to_thread(check, plain.port)
+        assert answer.returncode == 1 and answer.stdout.strip() == "NOT_SERVING"
     finally:
-        server.kill()
-        server.wait()
+        await plain.stop(0)
+        await secure.stop(0)

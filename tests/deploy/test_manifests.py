@@ -25,6 +25,7 @@ import yaml  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 
 from services.common.observability import RecommenderMetrics, RpcMetrics
+from tests.deploy.dockerfile import Dockerfile
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -116,17 +117,21 @@ def test_service_deployments_are_hardened_probed_and_drained(rendering: str) -> 
         grace = float(env_of(deployment)[f"LONGTAIL_{name.upper()}_GRACE_SECONDS"]["value"])
         pre_stop = float(main["lifecycle"]["preStop"]["exec"]["command"][-1])
         assert pod["terminationGracePeriodSeconds"] > grace + pre_stop
-        port = next(p["containerPort"] for p in main["ports"] if p["name"] == "grpc")
-        assert env_of(deployment)[f"LONGTAIL_{name.upper()}_PORT"]["value"] == str(port)
+        ports = {p["name"]: p["containerPort"] for p in main["ports"]}
+        port, health_port = ports["grpc"], ports["health"]
+        env = env_of(deployment)
+        assert env[f"LONGTAIL_{name.upper()}_PORT"]["value"] == str(port)
+        # The kubelet's native probes ask the plaintext health-only port, TLS (prod) or not.
+        assert env[f"LONGTAIL_{name.upper()}_HEALTH_PORT"]["value"] == str(health_port)
+        assert health_port not in (port, ports["metrics"])
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            if rendering.endswith("prod-gpu"):  # TLS: the kubelet's gRPC probe cannot connect
-                assert "grpc" not in main[probe]
-                assert main[probe]["exec"]["command"] == ["python", "/app/healthcheck.py"]
-            else:
-                assert main[probe]["grpc"] == {"port": port}
+            assert main[probe]["grpc"] == {"port": health_port}
+            assert "exec" not in main[probe]
         service = services[name]
         assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
         assert {"port": port, "name": "grpc"}.items() <= service["spec"]["ports"][0].items()
+        # For the kubelet only: no Service routes to it.
+        assert health_port not in {p["port"] for p in service["spec"]["ports"]}
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
@@ -134,7 +139,7 @@ def test_every_longtail_variable_is_one_the_services_read(rendering: str) -> Non
     known = env_table().variables()
     for deployment in of_kind(render(rendering), "Deployment").values():
         for name in env_of(deployment):
-            if name.startswith("LONGTAIL_") and not name.startswith("LONGTAIL_HEALTHCHECK_"):
+            if name.startswith("LONGTAIL_"):
                 assert name in known, f"{deployment['metadata']['name']}: {name} is read by nobody"
 
 
@@ -239,7 +244,11 @@ def test_compose_wires_the_suite_like_the_manifests() -> None:
     known = env_table().variables()
     for name in SERVICES:
         service = services[name]
-        assert (ROOT / service["build"]["dockerfile"]).exists()
+        # The one service Dockerfile, its table row chosen by the SERVICE build arg.
+        assert service["build"]["dockerfile"] == "deploy/images/Dockerfile"
+        assert service["build"]["args"] == {"SERVICE": name}
+        assert (COMPOSE / service["build"]["context"] / service["build"]["dockerfile"]).exists()
+        assert service["image"] == f"longtail/{name}:0.1.0"
         for variable in service["environment"]:
             assert variable in known, f"{name}: {variable} is read by nobody"
         for dependency in CALLS[name]:
@@ -251,6 +260,7 @@ def test_compose_wires_the_suite_like_the_manifests() -> None:
     )
     job = of_kind(render("base"), "Job")["longtail-migrate"]
     assert services["migrate"]["entrypoint"] == container(job)["command"]
+    assert services["migrate"]["build"] == services["profiles"]["build"]
     gpu = yaml.safe_load((COMPOSE / "compose.gpu.yaml").read_text())["services"]["triton"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
     assert gpu["command"] == ["--model-config-name=gpu"]
@@ -261,10 +271,8 @@ def test_compose_wires_the_suite_like_the_manifests() -> None:
 
 
 def _image_port(service: str) -> int:
-    text = (ROOT / "deploy" / "images" / service / "Dockerfile").read_text()
-    match = re.search(rf"LONGTAIL_{service.upper()}_PORT=(\d+)", text)
-    assert match is not None
-    return int(match.group(1))
+    image = Dockerfile(ROOT / "deploy" / "images" / "Dockerfile", {"SERVICE": service})
+    return int(image.env()[f"LONGTAIL_{service.upper()}_PORT"])
 
 
 def test_alert_rules_name_series_the_services_export() -> None:
