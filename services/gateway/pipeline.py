@@ -112,6 +112,23 @@ class ItemInfoCache:
         while len(self._items) > self._capacity:
             self._items.popitem(last=False)
 
+    def __len__(self) -> int:
+        return len(self._items)
+
+    async def prefill(self, timeout: float = 30.0, page_size: int = 1000) -> int:
+        """Reads the catalogue's titles and categories until the cache is full (once, at start):
+        otherwise every not-yet-served item costs a store read on the request path, and a
+        long-tail policy keeps serving items no one was served before. Returns how many."""
+        token = ""
+        while len(self._items) < self._capacity:
+            page, token = await self._profiles.list_items(page_size, token, timeout)
+            for item in page:
+                if item.item_id not in self._items:
+                    self.put(item.item_id, ItemInfo(item.title, tuple(item.categories)))
+            if not token:
+                break
+        return len(self._items)
+
     async def lookup(self, item_ids: Sequence[str], timeout: float) -> dict[str, ItemInfo]:
         missing = [item_id for item_id in item_ids if item_id not in self._items]
         if missing:

@@ -14,7 +14,7 @@ from services.common.observability import RecommenderMetrics
 from services.common.server import RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings
 from services.gateway.app import SERVICE_NAME
-from services.gateway.pipeline import Deadline, PipelineConfig, RecommendPipeline
+from services.gateway.pipeline import Deadline, ItemInfoCache, PipelineConfig, RecommendPipeline
 from services.gateway.servicer import GatewayServicer
 from tests.gateway.fakes import FakeExposure, FakeProfiles, FakeRanking
 
@@ -387,3 +387,19 @@ async def test_ranking_reporting_degraded_candidates_marks_the_answer_and_counts
     replay = await stub.Recommend(Request(user_id="new", k=5, request_id="r-fb"), timeout=5)
     assert replay.fallback and replay.degraded and list(replay.degraded_causes) == ["FALLBACK"]
     assert suite.count(cause, cause="FALLBACK") == 1
+
+
+async def test_item_info_prefill_reads_the_catalogue_up_to_capacity_then_serves_without_reads() -> (
+    None
+):
+    profiles = FakeProfiles(n_items=40)
+    full = ItemInfoCache(profiles, capacity=100)
+    assert await full.prefill(page_size=7) == 40  # six pages of seven and the rest
+    assert profiles.calls["list_items"] == 6
+    info = await full.lookup(["i3", "i39"], timeout=1.0)
+    assert info["i3"].title == profiles.items["i3"].title
+    assert profiles.calls["get_items"] == 0  # answered from the prefilled cache
+    # A cache smaller than the catalogue stops reading once full.
+    small = ItemInfoCache(FakeProfiles(n_items=40), capacity=10)
+    assert await small.prefill(page_size=4) == 10
+    assert len(small) == 10
