@@ -267,7 +267,7 @@ async def _time(call: Callable[[], Awaitable[object]], repeats: int) -> tuple[fl
     return statistics.median(walls), statistics.median(cpus)
 
 
-async def measure(url: str, log: Log, repeats: int) -> list[list[str]]:
+async def measure(url: str, log: Log, repeats: int, only: Sequence[str] = ()) -> list[list[str]]:
     database = Database(create_store_engine(url, pool_size=2))
     sqlite = database.dialect == "sqlite"
     queries = DashboardQueries(database, now=lambda: END)
@@ -284,6 +284,9 @@ async def measure(url: str, log: Log, repeats: int) -> list[list[str]]:
             calls = _calls(queries, window, f"req-{log.lists // 2:09d}")
             cells = [label, f"{inside:,}"]
             for name in QUERIES:
+                if only and name not in only:
+                    cells.append("")
+                    continue
                 wall, cpu = await _time(calls[name], times)
                 # SQLite runs in this process: its CPU time is ours (PostgreSQL's is the server's).
                 cells.append(f"{wall:.3f}" + (f" ({cpu:.3f})" if sqlite else ""))
@@ -326,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--workdir", type=Path, help="where the SQLite file goes (default: /tmp)")
     parser.add_argument("--markdown", action="store_true", help="also print Markdown tables")
+    parser.add_argument("--query", action="append", choices=QUERIES, help="only these queries")
     args = parser.parse_args(argv)
     log = Log(args.impressions, args.items, args.users, args.days, seed=0)
     for store in args.store or ["sqlite"]:
@@ -341,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                 )
                 total, seconds = load(url, log)
                 console.print(f"  loaded in {seconds:.0f} s ({total / seconds:,.0f}/s)")
-                rows = asyncio.run(measure(url, log, args.repeats))
+                rows = asyncio.run(measure(url, log, args.repeats, args.query or ()))
                 emit_table(
                     console,
                     f"{store}: dashboard queries on {total:,} impressions, {args.items:,} items "

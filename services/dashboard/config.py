@@ -25,9 +25,10 @@ class DashboardSettings:
     exposure_target: str = "127.0.0.1:50054"
     ranking_target: str = "127.0.0.1:50053"
     embeddings_target: str = "127.0.0.1:50052"
-    # Deadline of each call behind a page. An aggregate reads every impression of its window
-    # (about a second per million on SQLite, see benchmarks/dashboard_queries.py).
-    timeout_seconds: float = 30.0
+    # Deadline of each call behind a page. An aggregate reads every impression of its window:
+    # about 4-6 CPU-seconds per million on SQLite (benchmarks/dashboard_queries.py), so the
+    # whole of a 10-million log takes a minute.
+    timeout_seconds: float = 120.0
     # The window a page shows when the address names none, and its time buckets.
     default_window_hours: float = 24.0
     bucket_count: int = 24
