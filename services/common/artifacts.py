@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,8 +44,16 @@ class ArtifactNotFound(ArtifactError):
     """No object under that key."""
 
 
-class BundleCorrupt(Exception):
-    """A bundle's bytes or manifest are not what its manifest promises: never retried."""
+class BundleRefused(Exception):
+    """A bundle that must not be served; retrying the same bundle gives the same answer."""
+
+
+class BundleCorrupt(BundleRefused):
+    """A bundle's bytes or manifest are not what its manifest promises (truncated, altered)."""
+
+
+class BundleIncompatible(BundleRefused):
+    """A sound bundle this code cannot serve (another format, other features, missing model)."""
 
 
 class ArtifactStore(Protocol):
@@ -245,6 +254,38 @@ def open_store(settings: StoreSettings) -> ArtifactStore:
 # ----------------------------------------------------------------------------- bundles
 
 
+def code_version() -> str:
+    """What code wrote a bundle: ``LONGTAIL_CODE_VERSION`` (set by the image build), else the git
+    commit of this checkout (``+dirty`` with local changes), else the package version."""
+    explicit = os.environ.get("LONGTAIL_CODE_VERSION", "").strip()
+    if explicit:
+        return explicit
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return f"git:{commit}{'+dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"longtail {version('longtail')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -284,6 +325,11 @@ class Manifest:
         return [str(model["kind"]) for model in self.models]
 
     @property
+    def sha256(self) -> str:
+        """Of the manifest's bytes as stored: what the registry records and replicas compare."""
+        return sha256(self.to_json())
+
+    @property
     def size_bytes(self) -> int:
         return sum(f.size for f in self.files.values())
 
@@ -296,7 +342,7 @@ class Manifest:
         try:
             body = json.loads(raw)
             if body.get("format") != BUNDLE_FORMAT:
-                raise BundleCorrupt(f"unsupported bundle format {body.get('format')!r}")
+                raise BundleIncompatible(f"unsupported bundle format {body.get('format')!r}")
             return cls(
                 bundle_id=check_bundle_id(str(body["bundle_id"])),
                 created_at=str(body["created_at"]),
@@ -309,7 +355,7 @@ class Manifest:
                     for name, f in dict(body["files"]).items()
                 },
             )
-        except BundleCorrupt:
+        except BundleRefused:
             raise
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise BundleCorrupt(f"unreadable manifest: {error}") from error
@@ -363,21 +409,28 @@ def bundle_exists(store: ArtifactStore, bundle_id: str) -> bool:
     return True
 
 
-def read_manifest(store: ArtifactStore, bundle_id: str) -> Manifest:
-    """The bundle's manifest; ``ArtifactNotFound`` when the bundle is absent or incomplete."""
-    manifest = Manifest.from_json(store.get(bundle_key(bundle_id, MANIFEST)))
+def read_manifest(store: ArtifactStore, bundle_id: str, expected_sha256: str = "") -> Manifest:
+    """The bundle's manifest; ``ArtifactNotFound`` when the bundle is absent or incomplete,
+    ``BundleCorrupt`` when ``expected_sha256`` is given and the manifest's bytes differ."""
+    raw = store.get(bundle_key(bundle_id, MANIFEST))
+    if expected_sha256 and sha256(raw) != expected_sha256:
+        raise BundleCorrupt(f"{bundle_id}: the manifest differs from the one published")
+    manifest = Manifest.from_json(raw)
     if manifest.bundle_id != bundle_id:
         raise BundleCorrupt(f"manifest of {bundle_id} names {manifest.bundle_id}")
     return manifest
 
 
-def read_bundle(store: ArtifactStore, bundle_id: str) -> tuple[Manifest, dict[str, bytes]]:
-    """The manifest and every file, each checked against the manifest's size and SHA-256.
+def read_bundle(
+    store: ArtifactStore, bundle_id: str, manifest_sha256: str = ""
+) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest (checked against ``manifest_sha256`` when given) and every file, each checked
+    against the manifest's size and SHA-256.
 
     ``BundleCorrupt`` when a file is missing, truncated or altered; ``ArtifactError`` when the
     store could not be read.
     """
-    manifest = read_manifest(store, bundle_id)
+    manifest = read_manifest(store, bundle_id, manifest_sha256)
     contents: dict[str, bytes] = {}
     for name, expected in manifest.files.items():
         try:

@@ -8,6 +8,7 @@ import contextlib
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc
 from longtail.profiles.v1 import profiles_service_pb2_grpc
 from longtail.ranking.v1 import ranking_service_pb2, ranking_service_pb2_grpc
+from services.common.artifacts import open_store
 from services.common.channels import open_channel
 from services.common.server import ServiceDefinition
 from services.common.settings import ClientSettings
@@ -20,9 +21,15 @@ from services.ranking.catalog import (
     ProfilesInteractionSource,
     TextEncoder,
 )
-from services.ranking.collaborative import ArtifactStore
 from services.ranking.config import RankingSettings
 from services.ranking.engine import RankingEngine
+from services.ranking.model_registry import (
+    FollowerMetrics,
+    InProcessModelRegistry,
+    ModelFollower,
+    ModelRegistry,
+    ProfilesModelRegistry,
+)
 from services.ranking.servicer import RankingServicer
 
 __all__ = ["RankingSettings", "build", "build_with_sources"]
@@ -44,29 +51,42 @@ async def build_with_sources(
     interactions: InteractionSource,
     encoder: TextEncoder,
     on_close: list[object] | None = None,
+    registry: ModelRegistry | None = None,
 ) -> ServiceDefinition:
-    """The service over the given sources (tests pass fakes); starts the background loader."""
+    """The service over the given sources (tests pass fakes); starts the background loader and
+    the registry follower. Without a ``registry`` the models are this process's own."""
     _single_threaded_blas()
+    metrics = FollowerMetrics()
     engine = RankingEngine(
         CatalogLoader(catalog, settings.index_params()),
         interactions,
         encoder,
-        ArtifactStore(settings.artifact_dir),
+        ModelFollower(
+            registry or InProcessModelRegistry(), open_store(settings.store_settings()), metrics
+        ),
         settings.scorer_config(),
         settings.als_params(),
         settings.index_params(),
         settings.ranker_params(),
+        train_in_process=settings.train_in_process,
     )
     background = asyncio.create_task(engine.run_background(settings.refresh_seconds))
+    follower = (
+        asyncio.create_task(engine.follow_registry_forever(settings.model_poll_seconds))
+        if settings.model_poll_seconds > 0
+        else None
+    )
     closers = list(on_close or [])
 
     async def readiness() -> bool:
         return engine.ready
 
     async def shutdown() -> None:
-        background.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await background
+        for task in (background, follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for channel in closers:
             close = getattr(channel, "close", None)
             if close is not None:
@@ -84,6 +104,7 @@ async def build_with_sources(
         readiness=readiness,
         readiness_interval=0.2,
         on_shutdown=shutdown,
+        registries=[metrics.registry],
     )
 
 
@@ -105,4 +126,5 @@ async def build(settings: RankingSettings) -> ServiceDefinition:
         ProfilesInteractionSource(profiles, timeout=settings.profiles_timeout_seconds),
         EmbeddingsTextEncoder(embeddings, timeout=settings.embeddings_timeout_seconds),
         on_close=[profiles_channel, embeddings_channel],
+        registry=ProfilesModelRegistry(profiles, timeout=settings.profiles_timeout_seconds),
     )

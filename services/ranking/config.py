@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from services.common.artifacts import StoreSettings
 from services.ranking.collaborative import AlsParams
 from services.ranking.index import IndexParams
 from services.ranking.scorer import ScorerConfig
@@ -15,8 +16,20 @@ from services.ranking.training import RankerTrainingParams
 class RankingSettings:
     profiles_target: str = "127.0.0.1:50051"
     embeddings_target: str = "127.0.0.1:50052"
-    # Collaborative artefacts live in <artifact_dir>/collaborative/<version>/.
+    # The artefact store of model bundles (bundles/<version>/…): this folder (the embedded
+    # default), unless artifact_store_url names S3-compatible storage (s3://bucket/prefix; the
+    # credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
     artifact_dir: Path = Path(".longtail/artifacts")
+    artifact_store_url: str = ""
+    # The S3 endpoint, e.g. http://seaweedfs:8333 (empty: AWS), and its region.
+    artifact_s3_endpoint: str = ""
+    artifact_s3_region: str = "us-east-1"
+    # Seconds between two polls of the model registry (each +-20% jitter): a published version
+    # is served by every replica within about 1.2x this plus the bundle's download.
+    model_poll_seconds: float = 10.0
+    # Deprecated TrainModel fits in the serving process (the embedded default); false: it is
+    # refused (FAILED_PRECONDITION, TRAINING_IS_A_JOB) and the training job does it.
+    train_in_process: bool = True
     # Exact search up to this many items, HNSW above (see IndexParams for the measurements).
     exact_index_max_items: int = 20_000
     hnsw_m: int = 32
@@ -67,3 +80,11 @@ class RankingSettings:
 
     def als_params(self) -> AlsParams:
         return AlsParams(num_threads=self.als_threads)
+
+    def store_settings(self) -> StoreSettings:
+        return StoreSettings(
+            folder=self.artifact_dir,
+            url=self.artifact_store_url,
+            s3_endpoint=self.artifact_s3_endpoint,
+            s3_region=self.artifact_s3_region,
+        )

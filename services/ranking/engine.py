@@ -1,8 +1,12 @@
 """The ranking engine: holds the serving state and swaps it atomically.
 
 State = (catalogue snapshot with its index, collaborative model aligned with it). Reloads,
-refreshes and training build the next state off the event loop and then replace one reference;
-a request keeps the state it started with.
+refreshes and model switches build the next state off the event loop and then replace one
+reference; a request keeps the state it started with.
+
+The collaborative model is the registry's active bundle (``model_registry.ModelFollower``): every
+refresh, and ``follow_registry`` between refreshes, asks the registry and switches when the active
+version changed and its bundle verifies; a refused bundle leaves the previous model serving.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import dataclasses
 import enum
 import logging
 import math
+import random
 import time
 from collections.abc import Sequence
 
@@ -23,13 +28,9 @@ from services.ranking.catalog import (
     InteractionSource,
     TextEncoder,
 )
-from services.ranking.collaborative import (
-    AlsParams,
-    ArtifactStore,
-    CollaborativeModel,
-    train_als,
-)
+from services.ranking.collaborative import AlsParams, CollaborativeModel
 from services.ranking.index import FloatArray, IndexParams
+from services.ranking.model_registry import ModelFollower
 from services.ranking.scorer import (
     CollaborativeView,
     HistoryItem,
@@ -39,7 +40,7 @@ from services.ranking.scorer import (
     VectorSource,
     rank,
 )
-from services.ranking.training import RankerTrainingParams, train_ranker
+from services.ranking.training import RankerTrainingParams, fit_models
 
 log = logging.getLogger(__name__)
 
@@ -192,16 +193,19 @@ class RankingEngine:
         loader: CatalogLoader,
         interactions: InteractionSource,
         encoder: TextEncoder,
-        store: ArtifactStore,
+        models: ModelFollower,
         scorer_config: ScorerConfig | None = None,
         als_params: AlsParams | None = None,
         index_params: IndexParams | None = None,
         ranker_params: RankerTrainingParams | None = None,
+        train_in_process: bool = True,
     ) -> None:
         self._loader = loader
         self._interactions = interactions
         self._encoder = encoder
-        self._store = store
+        self._models = models
+        # TrainModel (deprecated) fits here only when allowed; deployments run the training job.
+        self._train_in_process = train_in_process
         self._config = scorer_config or ScorerConfig()
         self._als = als_params or AlsParams()
         self._index_params = index_params or IndexParams()
@@ -226,19 +230,41 @@ class RankingEngine:
     def default_als_params(self) -> AlsParams:
         return self._als
 
-    async def _load_model(self) -> CollaborativeModel | None:
-        """The current stored model (reuses the loaded one when the version is unchanged)."""
-        version = await asyncio.to_thread(self._store.current_version)
-        if version is None:
-            return None
-        if self._model is not None and self._model.version == version:
+    async def _load_model(
+        self, deadline: HasTimeRemaining | None = None
+    ) -> CollaborativeModel | None:
+        """The registry's active model (the loaded one when unchanged, when the active bundle is
+        refused, or when the registry cannot be asked: the catalogue still loads meanwhile)."""
+        try:
+            return await self._models.resolve(self._model, deadline)
+        except (ServiceError, TimeoutError) as error:
+            self._models.metrics.refusals.labels("unavailable").inc()
+            log.warning(
+                "model registry not reachable; keeping the current model",
+                extra={"fields": {"error": type(error).__name__, "detail": str(error)}},
+            )
             return self._model
-        return await asyncio.to_thread(self._store.load, version)
+
+    async def follow_registry(self, deadline: HasTimeRemaining | None = None) -> bool:
+        """Switch to the registry's active model if it changed; True when the state was replaced.
+
+        Cheap when nothing changed (one small registry call); the catalogue is not reloaded.
+        """
+        if self._state is None:
+            return False
+        async with self._swap_lock:
+            current = self._state
+            model = await self._load_model(deadline)
+            if model is self._model:
+                return False
+            state = await asyncio.to_thread(_assemble, current.snapshot, model)
+            self._swap(state, model)
+            return True
 
     async def reload(self, deadline: HasTimeRemaining | None = None) -> RankingState:
         """Reload catalogue, index and the current collaborative model; swap them in."""
         async with self._swap_lock:
-            model = await self._load_model()
+            model = await self._load_model(deadline)
             previous = None if self._state is None else self._state.snapshot
             snapshot = await self._loader.load(previous, deadline)
             state = await asyncio.to_thread(_assemble, snapshot, model)
@@ -253,7 +279,7 @@ class RankingEngine:
         async with self._swap_lock:
             current = self._state
             snapshot = await self._loader.refresh(current.snapshot, deadline)
-            model = await self._load_model()
+            model = await self._load_model(deadline)
             if snapshot is None and model is self._model:
                 return False
             state = await asyncio.to_thread(_assemble, snapshot or current.snapshot, model)
@@ -285,29 +311,37 @@ class RankingEngine:
     async def train(
         self, params: AlsParams | None = None, deadline: HasTimeRemaining | None = None
     ) -> TrainOutcome:
-        """Train ALS on every stored interaction, store it as a new version and serve it."""
+        """Fit in this process, write the bundle, publish it and serve it (the deprecated
+        TrainModel path; ``python -m services.training`` does the same out of process)."""
+        if not self._train_in_process:
+            raise FailedPrecondition(
+                "TRAINING_IS_A_JOB",
+                "this deployment trains out of process: run the training job "
+                "(longtail train, python -m services.training); TrainModel is deprecated",
+            )
         params = params or self._als
         async with self._train_lock:
             batches = [b async for b in self._interactions.interaction_batches(deadline)]
             if not any(len(b.user_ids) for b in batches):
                 raise FailedPrecondition("NO_INTERACTIONS", "there are no interactions to train on")
-            model = await asyncio.to_thread(train_als, batches, params)
             # The ranker's features come from the served snapshot: pick up items indexed since
             # the last reload first (else a catalogue indexed just before training is missed).
             await self.refresh(deadline)
             state = self._state
-            if self._ranker_params is not None and state is not None:
-                # Fitted against the snapshot being served: its vectors are the features'.
-                model.ranker = await asyncio.to_thread(
-                    train_ranker,
-                    state.snapshot,
-                    batches,
-                    params,
-                    self._config,
-                    self._index_params,
-                    self._ranker_params,
-                )
-            await asyncio.to_thread(self._store.save, model)
+            assert state is not None  # refresh loads the first state or raises
+            fitted = await asyncio.to_thread(
+                fit_models,
+                state.snapshot,
+                batches,
+                params,
+                self._config,
+                self._index_params,
+                self._ranker_params,
+            )
+            model = fitted.model
+            await self._models.publish(
+                fitted, "ranking TrainModel (in process)", "TrainModel RPC", deadline
+            )
             async with self._swap_lock:
                 if self._state is not None:
                     state = await asyncio.to_thread(_assemble, self._state.snapshot, model)
@@ -423,6 +457,22 @@ class RankingEngine:
             embedding_model_name=snapshot.model.name if snapshot.model else "",
             embedding_model_version=snapshot.model.version if snapshot.model else "",
         )
+
+    async def follow_registry_forever(
+        self, poll_seconds: float, jitter: float = 0.2, rng: random.Random | None = None
+    ) -> None:
+        """Poll the registry every ``poll_seconds`` x (1 +- ``jitter``) (replicas spread their
+        polls) and switch models when the active version changes; errors keep the model."""
+        rng = rng or random.Random()
+        while True:
+            await asyncio.sleep(poll_seconds * (1.0 + rng.uniform(-jitter, jitter)))
+            try:
+                await self.follow_registry()
+            except Exception as error:
+                log.warning(
+                    "model registry poll failed; serving the previous model",
+                    extra={"fields": {"error": type(error).__name__, "detail": str(error)}},
+                )
 
     async def run_background(self, refresh_seconds: float, retry_seconds: float = 1.0) -> None:
         """Load until the first load succeeds, then refresh every ``refresh_seconds``."""

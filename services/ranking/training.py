@@ -11,17 +11,24 @@ that past's future.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from services.common.tail import head_items
 from services.ranking.catalog import CatalogSnapshot, ItemStatsRecord, restat_snapshot
-from services.ranking.collaborative import AlsParams, InteractionBatch, train_als
+from services.ranking.collaborative import (
+    AlsParams,
+    CollaborativeModel,
+    InteractionBatch,
+    train_als,
+)
 from services.ranking.index import IndexParams
 from services.ranking.learned import LearnedRanker, fit_ranker
 from services.ranking.scorer import (
@@ -147,6 +154,7 @@ def train_ranker(
     if len(users) > params.max_users:
         stride = len(users) / params.max_users
         users = [users[int(i * stride)] for i in range(params.max_users)]
+    validation = collaborative_validation(model, history, labels, users)
     feature_parts = []
     label_parts = []
     for user in users:
@@ -173,7 +181,116 @@ def train_ranker(
         log.warning("learned ranker not fitted", extra={"fields": {"detail": str(error)}})
         return None
     ranker.info.update(
-        {"users": len(feature_parts), "seconds": round(time.perf_counter() - started, 3)}
+        {
+            "users": len(feature_parts),
+            "seconds": round(time.perf_counter() - started, 3),
+            "validation": validation,
+        }
     )
     log.info("learned ranker fitted", extra={"fields": dict(ranker.info)})
     return ranker
+
+
+VALIDATION_K = 10
+
+
+def collaborative_validation(
+    model: CollaborativeModel,
+    history: dict[str, list[_Event]],
+    labels: dict[str, set[str]],
+    users: Sequence[str],
+    k: int = VALIDATION_K,
+) -> dict[str, float | int]:
+    """Recall@k and NDCG@k (binary) of ``model`` (fitted on the history part only) on the label
+    part: out-of-sample numbers a bundle's manifest carries, to compare versions before publishing.
+    """
+    recall = ndcg = 0.0
+    counted = 0
+    for user in users:
+        events = history.get(user, [])
+        rows = [model.item_rows[e.item_id] for e in events if e.item_id in model.item_rows]
+        factor = model.fold_in(
+            np.asarray(rows, dtype=np.int64),
+            [e.weight for e in events if e.item_id in model.item_rows],
+        )
+        if factor is None:
+            continue
+        scores = model.scores(factor)
+        scores[np.asarray(rows, dtype=np.int64)] = -np.inf
+        top = np.argpartition(-scores, min(k, scores.shape[0] - 1))[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        wanted = labels[user]
+        hits = [rank for rank, row in enumerate(top) if model.item_ids[row] in wanted]
+        recall += len(hits) / len(wanted)
+        ideal = sum(1.0 / math.log2(r + 2) for r in range(min(len(wanted), k)))
+        ndcg += sum(1.0 / math.log2(r + 2) for r in hits) / ideal
+        counted += 1
+    if not counted:
+        return {"users": 0}
+    return {
+        "users": counted,
+        f"collaborative_recall@{k}": round(recall / counted, 5),
+        f"collaborative_ndcg@{k}": round(ndcg / counted, 5),
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedModels:
+    """What one training run produced, with what a bundle's manifest says about it."""
+
+    model: CollaborativeModel
+    # The training data: window (first/last interaction), counts.
+    data: dict[str, Any]
+    # Validation metrics (empty without a learned ranker: the slice is fitted for it).
+    metrics: dict[str, Any]
+
+
+def data_summary(snapshot: CatalogSnapshot, batches: Sequence[InteractionBatch]) -> dict[str, Any]:
+    first = last = None
+    for batch in batches:
+        if batch.timestamps is not None and len(batch.timestamps):
+            low, high = float(np.min(batch.timestamps)), float(np.max(batch.timestamps))
+            first = low if first is None else min(first, low)
+            last = high if last is None else max(last, high)
+
+    def iso(value: float | None) -> str:
+        if value is None:
+            return ""
+        return dt.datetime.fromtimestamp(value, dt.UTC).isoformat()
+
+    return {
+        "window_start": iso(first),
+        "window_end": iso(last),
+        "interactions": sum(len(b.user_ids) for b in batches),
+        "users": len({u for b in batches for u in b.user_ids}),
+        "interacted_items": len({i for b in batches for i in b.item_ids}),
+        "catalogue_items": snapshot.size,
+        "catalogue_version": snapshot.version,
+        "embedding_model": (
+            f"{snapshot.model.name}:{snapshot.model.version}" if snapshot.model else ""
+        ),
+    }
+
+
+def fit_models(
+    snapshot: CatalogSnapshot,
+    batches: Sequence[InteractionBatch],
+    als_params: AlsParams,
+    scorer_config: ScorerConfig,
+    index_params: IndexParams,
+    ranker_params: RankerTrainingParams | None,
+) -> FittedModels:
+    """ALS on every interaction, then (unless ``ranker_params`` is None) the learned ranker on
+    the validation slice, against ``snapshot``'s item vectors. CPU-heavy: off the event loop.
+
+    Raises ``ValueError`` when there are no interactions.
+    """
+    model = train_als(batches, als_params)
+    metrics: dict[str, Any] = {}
+    if ranker_params is not None:
+        model.ranker = train_ranker(
+            snapshot, batches, als_params, scorer_config, index_params, ranker_params
+        )
+        if model.ranker is not None:
+            metrics = dict(model.ranker.info.get("validation", {}))
+    return FittedModels(model, data_summary(snapshot, batches), metrics)

@@ -175,15 +175,50 @@ async def cmd_index(args: argparse.Namespace) -> None:
 
 
 async def cmd_train(args: argparse.Namespace) -> None:
-    async with _client(args) as client:
-        answer = await client.ranking.TrainModel(
-            ranking_service_pb2.TrainModelRequest(factors=args.factors, iterations=args.iterations),
-            timeout=max(args.timeout, 600),
-        )
+    """The training job in this process (not in ranking): read through profiles, fit, write the
+    bundle to the artefact store, publish it; ranking replicas switch at their next poll."""
+    import dataclasses
+
+    from services.common.settings import load_settings
+    from services.ranking.config import RankingSettings
+    from services.training.config import TrainingSettings
+    from services.training.job import RANKING_PREFIX, TRAINING_PREFIX, run_training
+
+    targets = _targets(args)
+    ranking = dataclasses.replace(
+        load_settings(RankingSettings, RANKING_PREFIX),
+        profiles_target=targets["profiles"],
+        embeddings_target=targets["embeddings"],
+        client_auth_token=args.token or os.environ.get("LONGTAIL_AUTH_TOKEN"),
+        client_tls_ca_file=Path(args.tls_ca) if args.tls_ca else None,
+    )
+    if args.artifact_dir:
+        ranking = dataclasses.replace(ranking, artifact_dir=Path(args.artifact_dir))
+    if args.store_url:
+        ranking = dataclasses.replace(ranking, artifact_store_url=args.store_url)
+    if args.s3_endpoint:
+        ranking = dataclasses.replace(ranking, artifact_s3_endpoint=args.s3_endpoint)
+    job = dataclasses.replace(
+        load_settings(TrainingSettings, TRAINING_PREFIX),
+        factors=args.factors,
+        iterations=args.iterations,
+        publish=not args.no_publish,
+        reason=args.reason,
+        published_by=args.published_by or "",
+    )
+    report = await run_training(ranking, job)
+    data = report.manifest.data
     console.print(
-        f"collaborative model {answer.collaborative_version}: {answer.user_count} users, "
-        f"{answer.item_count} items, {answer.interaction_count} interactions "
-        f"in {answer.duration_seconds:.1f}s"
+        f"bundle {report.version} ({report.manifest.size_bytes / 1e6:.1f} MB) in {report.store}: "
+        f"{data.get('users')} users, {data.get('interacted_items')} items, "
+        f"{data.get('interactions')} interactions; {report.seconds} s; "
+        f"peak RSS {report.peak_rss_mb:.0f} MB"
+    )
+    console.print(f"validation: {report.manifest.metrics or 'none (no learned ranker)'}")
+    console.print(
+        "published: the ranking replicas switch at their next poll"
+        if report.published
+        else "not published (--no-publish)"
     )
 
 
@@ -340,9 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="embed items whose vector is missing or stale")
     p.add_argument("--batch-size", type=int, default=256)
 
-    p = sub.add_parser("train", help="train the collaborative model in the ranking service")
+    p = sub.add_parser(
+        "train",
+        help="the training job, in this process: fit through profiles, write a bundle, publish it",
+    )
     p.add_argument("--factors", type=int, default=0)
     p.add_argument("--iterations", type=int, default=0)
+    p.add_argument(
+        "--artifact-dir",
+        help="bundle folder (default LONGTAIL_RANKING_ARTIFACT_DIR or .longtail/artifacts)",
+    )
+    p.add_argument(
+        "--store-url", help="s3://bucket/prefix instead of the folder (AWS_* credentials)"
+    )
+    p.add_argument("--s3-endpoint", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    p.add_argument("--no-publish", action="store_true", help="write the bundle, do not publish it")
+    p.add_argument("--reason", default="longtail train", help="why (recorded in the registry)")
+    p.add_argument("--published-by", help="who (default: training job on <host>)")
 
     p = sub.add_parser("migrate", help="create or upgrade the store schema (Alembic)")
     p.add_argument("--database-url")

@@ -39,6 +39,25 @@ class FakeProfiles(profiles_service_pb2_grpc.ProfilesServiceServicer):
         self.catalog = catalog
         self.interactions = interactions
         self.list_items_calls = 0
+        self.publications: list[ppb.ModelPublication] = []
+
+    async def PublishModel(
+        self, request: ppb.PublishModelRequest, context: Context
+    ) -> ppb.PublishModelResponse:
+        publication = ppb.ModelPublication(
+            publication_id=len(self.publications) + 1,
+            model_kind=request.model_kind,
+            version=request.version,
+            manifest_sha256=request.manifest_sha256,
+        )
+        self.publications.append(publication)
+        return ppb.PublishModelResponse(publication=publication)
+
+    async def GetActiveModel(
+        self, request: ppb.GetActiveModelRequest, context: Context
+    ) -> ppb.GetActiveModelResponse:
+        mine = [p for p in self.publications if p.model_kind == request.model_kind]
+        return ppb.GetActiveModelResponse(publication=mine[-1] if mine else None)
 
     async def ListItems(
         self, request: ppb.ListItemsRequest, context: Context

@@ -20,6 +20,7 @@ from services.common.server import RunningService, start_service
 from services.common.settings import ServerSettings
 from services.ranking.app import RankingSettings, build_with_sources
 from services.ranking.catalog import ModelRef
+from services.ranking.model_registry import InProcessModelRegistry
 from tests.ranking.synthetic import FakeCatalog, FakeEncoder, FakeInteractions, World, make_world
 
 
@@ -32,6 +33,8 @@ class Env:
     running: RunningService
     channel: grpc.aio.Channel
     stub: ranking_service_pb2_grpc.RankingServiceAsyncStub
+    # The model registry (no profiles here: one held by the test, shared by its replicas).
+    registry: InProcessModelRegistry
 
     async def serving(self) -> bool:
         health: Any = health_pb2_grpc.HealthStub(self.channel)
@@ -50,17 +53,22 @@ class Env:
 
 
 async def start(
-    tmp_path: Path, world: World, catalog: FakeCatalog | None = None, **settings: object
+    tmp_path: Path,
+    world: World,
+    catalog: FakeCatalog | None = None,
+    registry: InProcessModelRegistry | None = None,
+    **settings: object,
 ) -> Env:
     catalog = catalog or FakeCatalog(world)
+    registry = registry or InProcessModelRegistry()
     interactions = FakeInteractions(world.interactions())
     encoder = FakeEncoder(world)
     config = RankingSettings(artifact_dir=tmp_path / "artifacts", **settings)  # type: ignore[arg-type]
-    definition = await build_with_sources(config, catalog, interactions, encoder)
+    definition = await build_with_sources(config, catalog, interactions, encoder, registry=registry)
     running = await start_service(definition, ServerSettings(port=0))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     stub = ranking_service_pb2_grpc.RankingServiceStub(channel)
-    return Env(world, catalog, interactions, encoder, running, channel, stub)
+    return Env(world, catalog, interactions, encoder, running, channel, stub, registry)
 
 
 async def stop(env: Env) -> None:
@@ -250,10 +258,13 @@ async def test_train_model_serves_and_persists_a_collaborative_version(
     assert trained.collaborative_version
     assert trained.interaction_count == len(env.world.interactions())
     assert trained.user_count == len(env.world.users)
-    folder = tmp_path / "artifacts" / "collaborative" / trained.collaborative_version
-    assert folder.is_dir()
+    # Stored as a bundle and published (the version is the bundle id).
+    folder = tmp_path / "artifacts" / "bundles" / trained.collaborative_version
+    assert (folder / "manifest.json").is_file()
+    active = await env.registry.active("collaborative", None)
+    assert active is not None and active.version == trained.collaborative_version
     # The interactions carry times: a learned ranker is fitted and stored with the model.
-    assert (folder / "ranker.json").is_file()
+    assert (folder / "learned_ranker" / "ranker.json").is_file()
     status = await env.stub.GetRankingStatus(pb.GetRankingStatusRequest(), timeout=5)
     assert status.collaborative_version == trained.collaborative_version
     assert status.index_kind == "flat" and status.indexed_item_count == len(env.world.item_ids)
@@ -265,8 +276,8 @@ async def test_train_model_serves_and_persists_a_collaborative_version(
     assert reply.collaborative_version == trained.collaborative_version
     assert any(c.collaborative_score != 0.0 for c in reply.candidates)
 
-    # A new process on the same artefact folder serves the same version.
-    other = await start(tmp_path, env.world, refresh_seconds=0)
+    # A new process on the same store and registry serves the same version.
+    other = await start(tmp_path, env.world, registry=env.registry, refresh_seconds=0)
     try:
         await other.wait_ready()
         again = await other.stub.GetRankingStatus(pb.GetRankingStatusRequest(), timeout=5)
