@@ -119,6 +119,9 @@ def open_channel(settings: ClientSettings) -> grpc.aio.Channel:
         # Reconnect quickly after a dependency restarts (fallback tests, rolling deploys).
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
+        # Spread calls over every address the target resolves to (replicas behind a headless
+        # Kubernetes Service, or "ipv4:a:p1,b:p2"); one address behaves as pick_first would.
+        ("grpc.lb_policy_name", "round_robin"),
     ]
     if settings.tls_ca_file is not None:
         credentials = grpc.ssl_channel_credentials(settings.tls_ca_file.read_bytes())
