@@ -357,3 +357,17 @@ async def test_empty_catalogue_is_ready_and_returns_no_candidates(tmp_path: Path
         assert reply.user_vector_source == pb.USER_VECTOR_SOURCE_NONE
     finally:
         await stop(env)
+
+
+async def test_train_model_is_refused_where_training_is_a_job(tmp_path: Path) -> None:
+    env = await start(tmp_path, make_world(), refresh_seconds=0, train_in_process=False)
+    try:
+        await env.wait_ready()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await env.stub.TrainModel(pb.TrainModelRequest(), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(caught.value)
+        assert info is not None and info.reason == "TRAINING_IS_A_JOB"
+        assert await env.registry.active("collaborative", None) is None
+    finally:
+        await stop(env)
