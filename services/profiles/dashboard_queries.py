@@ -429,73 +429,62 @@ class DashboardQueries:
             joined = impressions_t.outerjoin(
                 counters_t, counters_t.c.item_id == impressions_t.c.item_id
             )
-            # A clicked impression: feedback of kind click naming its request and item (an
-            # index probe per impression of the window, so the cost stays with the window).
-            clicked = (
-                sa.exists()
-                .where(
-                    interactions_t.c.request_id.is_not(None),
-                    interactions_t.c.request_id == impressions_t.c.request_id,
-                    interactions_t.c.item_id == impressions_t.c.item_id,
-                    interactions_t.c.kind == CLICK,
-                )
-                .correlate(impressions_t)
-            )
-            # Each impression's class and click, then the sums per policy version.
-            rows = (
+            served = session.execute(
                 sa.select(
                     *policy,
-                    impressions_t.c.request_id,
-                    is_head.label("head"),
-                    (count == 0).label("cold"),
-                    clicked.label("clicked"),
+                    sa.func.count(sa.distinct(impressions_t.c.request_id)),
+                    sa.func.count(),
+                    _sum_if(is_head),
+                    _sum_if(count == 0),
                 )
                 .select_from(joined)
                 .where(_in_window(start, end))
+                .group_by(*policy)
+            ).all()
+            # Clicked impressions: driven by the click rows, each (request_id, item_id) once
+            # however often it was clicked. This reads every click of the log (a hash join on
+            # PostgreSQL), a floor that grows with the feedback (0.9 s for 200k clicks on SQLite)
+            # but measured cheaper than probing the feedback index per impression of the window
+            # at a day and more (4x on PostgreSQL, whose correlated probe is a per-row subplan).
+            clicked = (
+                sa.select(interactions_t.c.request_id, interactions_t.c.item_id)
+                .where(interactions_t.c.request_id.is_not(None), interactions_t.c.kind == CLICK)
+                .distinct()
                 .subquery()
             )
-            head_row, cold_row, clicked_row = (
-                rows.c.head.is_(True),
-                rows.c.cold.is_(True),
-                rows.c.clicked.is_(True),
-            )
-            served = session.execute(
-                sa.select(
-                    rows.c.policy_name,
-                    rows.c.policy_version,
-                    sa.func.count(sa.distinct(rows.c.request_id)),
-                    sa.func.count(),
-                    _sum_if(head_row),
-                    _sum_if(cold_row),
-                    _sum_if(clicked_row),
-                    _sum_if(sa.and_(clicked_row, head_row)),
-                    _sum_if(sa.and_(clicked_row, cold_row)),
-                ).group_by(rows.c.policy_name, rows.c.policy_version)
-            ).all()
-            outcomes = [
-                PolicyOutcome(
-                    policy_name=name,
-                    policy_version=version,
-                    lists=int(lists),
-                    head_impressions=int(head_n),
-                    tail_impressions=int(total) - int(head_n),
-                    cold_impressions=int(cold),
-                    head_clicks=int(head_clicks),
-                    tail_clicks=int(clicks) - int(head_clicks),
-                    cold_clicks=int(cold_clicks),
+            clicks = {
+                (name, version): (int(total), int(head_n), int(cold))
+                for name, version, total, head_n, cold in session.execute(
+                    sa.select(*policy, sa.func.count(), _sum_if(is_head), _sum_if(count == 0))
+                    .select_from(
+                        clicked.join(
+                            impressions_t,
+                            sa.and_(
+                                impressions_t.c.request_id == clicked.c.request_id,
+                                impressions_t.c.item_id == clicked.c.item_id,
+                            ),
+                        ).outerjoin(counters_t, counters_t.c.item_id == impressions_t.c.item_id)
+                    )
+                    .where(_in_window(start, end))
+                    .group_by(*policy)
                 )
-                for (
-                    name,
-                    version,
-                    lists,
-                    total,
-                    head_n,
-                    cold,
-                    clicks,
-                    head_clicks,
-                    cold_clicks,
-                ) in served
-            ]
+            }
+            outcomes = []
+            for name, version, lists, total, head_n, cold in served:
+                click_total, click_head, click_cold = clicks.get((name, version), (0, 0, 0))
+                outcomes.append(
+                    PolicyOutcome(
+                        policy_name=name,
+                        policy_version=version,
+                        lists=int(lists),
+                        head_impressions=int(head_n),
+                        tail_impressions=int(total) - int(head_n),
+                        cold_impressions=int(cold),
+                        head_clicks=click_head,
+                        tail_clicks=click_total - click_head,
+                        cold_clicks=click_cold,
+                    )
+                )
             return sorted(outcomes, key=lambda o: (o.policy_name, o.policy_version))
 
         return await self._read(read)
