@@ -354,15 +354,49 @@ def plot(rows: list[Row], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_cpu(rows: list[Row], floor: FloorResult | None, path: Path) -> None:
+    """CPU-ms per Recommend of each process, stacked per load row, with the floor as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = [row for row in rows if row.cpu_ms and row.mode != "idle"]
+    if not chosen:
+        return
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = [f"{row.mode}\n{row.load}" for row in chosen]
+    bottom = np.zeros(len(chosen))
+    for name in SERVICE_ORDER:
+        values = np.array([max(row.cpu_ms.get(name, 0.0), 0.0) for row in chosen])
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom += values
+    if floor is not None:
+        ax.axhline(floor.cpu_ms_per_request, color="black", ls="--", lw=1, label="in-process floor")
+    ax.axhline(6.0, color="grey", ls=":", lw=1, label="target 6 CPU-ms")
+    ax.set_ylabel("CPU-ms per answered Recommend")
+    ax.set_title("Where a Recommend's CPU goes (all processes on one 2-core machine)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def write_outputs(
-    out: Path, catalogue: str, title: str, text: str, hop_text: str, rows: list[Row]
+    out: Path,
+    catalogue: str,
+    title: str,
+    text: str,
+    hop_text: str,
+    rows: list[Row],
+    floor: FloorResult | None,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"recommend-{catalogue}.md").write_text(
         f"## {title}\n\n{text}\n\n## Per hop\n\n{hop_text}\n"
     )
     plot(rows, out / f"recommend-{catalogue}.png")
-    console.print(f"wrote {out}/recommend-{catalogue}.md and .png")
+    plot_cpu(rows, floor, out / f"recommend-{catalogue}-cpu.png")
+    console.print(f"wrote {out}/recommend-{catalogue}.md, .png and -cpu.png")
 
 
 async def measured(suite: LocalSuite, run: Coroutine[Any, Any, Row]) -> Row:
@@ -371,6 +405,19 @@ async def measured(suite: LocalSuite, run: Coroutine[Any, Any, Row]) -> Row:
     before = CpuSnapshot.take(groups)
     row = await run
     row.cpu_ms = before.per_request_ms(CpuSnapshot.take(groups), row.ok)
+    return row
+
+
+async def idle(suite: LocalSuite, seconds: float) -> Row:
+    """No requests for ``seconds``: the suite's background work (refreshes of head/tail sets,
+    catalogue stats, fallback lists, probes), as CPU-ms per second instead of per request. At a
+    rate of r Recommend/s, each answer's row includes about this divided by r."""
+    groups = suite.group_members()
+    before = CpuSnapshot.take(groups)
+    await asyncio.sleep(seconds)
+    row = Row("idle", "no requests, per second", 0, 0, 0, 0, seconds, [])
+    row.cpu_ms = before.per_request_ms(CpuSnapshot.take(groups), 1)
+    row.cpu_ms = {name: ms / seconds for name, ms in row.cpu_ms.items()}
     return row
 
 
@@ -384,7 +431,7 @@ def print_cpu_table(rows: list[Row], title: str, floor: FloorResult | None = Non
             f"{row.throughput:.1f}",
             *[f"{row.cpu_ms.get(c, 0.0):.2f}" for c in columns],
             f"{row.cpu_ms['total'] / floor.cpu_ms_per_request:.1f}"
-            if floor is not None and floor.cpu_ms_per_request > 0
+            if floor is not None and floor.cpu_ms_per_request > 0 and row.mode != "idle"
             else "",
         ]
         for row in rows
@@ -449,6 +496,8 @@ async def main(args: argparse.Namespace) -> None:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGUSR1)
             rows: list[Row] = []
+            if args.idle_seconds > 0:
+                rows.append(await idle(suite, args.idle_seconds))
             for concurrency in args.concurrency:
                 rows.append(
                     await measured(
@@ -474,7 +523,7 @@ async def main(args: argparse.Namespace) -> None:
         f"Recommend, {args.catalogue} catalogue ({len(dataset.items)} items), k={args.k}, "
         f"cold share {args.cold_share:g}"
     )
-    text = print_table(rows, title)
+    text = print_table([row for row in rows if row.mode != "idle"], title)
     cpu_text = print_cpu_table(
         rows, "CPU-ms per answered Recommend, per process (from /proc)", floor_result
     )
@@ -484,7 +533,14 @@ async def main(args: argparse.Namespace) -> None:
     hop_text = print_table(hops, "Per hop, sequential direct calls")
     if args.out:
         await asyncio.to_thread(
-            write_outputs, Path(args.out), args.catalogue, title, text, hop_text, rows
+            write_outputs,
+            Path(args.out),
+            args.catalogue,
+            title,
+            text,
+            hop_text,
+            rows,
+            floor_result,
         )
     mean_hops = {r.load: statistics.fmean(r.latencies_ms) for r in hops}
     console.print({name: round(ms, 2) for name, ms in mean_hops.items()})
@@ -508,6 +564,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 200])
     parser.add_argument("--hop-calls", type=int, default=200)
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=30.0,
+        help="first measure the suite's CPU with no requests for this long (0 = skip)",
+    )
     parser.add_argument(
         "--floor-requests",
         type=int,
