@@ -364,7 +364,7 @@ def plot_cpu(rows: list[Row], floor: FloorResult | None, path: Path) -> None:
     chosen = [row for row in rows if row.cpu_ms and row.mode != "idle"]
     if not chosen:
         return
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     labels = [f"{row.mode}\n{row.load}" for row in chosen]
     bottom = np.zeros(len(chosen))
     for name in SERVICE_ORDER:
@@ -376,7 +376,7 @@ def plot_cpu(rows: list[Row], floor: FloorResult | None, path: Path) -> None:
     ax.axhline(6.0, color="grey", ls=":", lw=1, label="target 6 CPU-ms")
     ax.set_ylabel("CPU-ms per answered Recommend")
     ax.set_title("Where a Recommend's CPU goes (all processes on one 2-core machine)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
