@@ -1,8 +1,7 @@
-"""The collaborative model: implicit-feedback ALS (``implicit``, CPU), versioned on disk.
+"""The collaborative model: implicit-feedback ALS (``implicit``, CPU).
 
-Artefacts live in ``<artifact_dir>/collaborative/<version>/`` (factors as .npy, id maps as JSON,
-a manifest); a version is written to a temporary folder and renamed into place, then the
-``current`` pointer file is replaced atomically, so a reader never sees half a model.
+A fitted model travels as a bundle in the artefact store (``bundle.py``), which the registry
+names as active and every ranking replica loads and verifies (``model_registry.py``).
 
 Serving never looks a user up: the user factor is folded in from the request's history with the
 item factors fixed (the same least-squares step ALS itself runs for users), so users who arrived
@@ -15,14 +14,10 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import json
 import logging
-import os
-import shutil
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,9 +31,8 @@ log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
 RowArray = npt.NDArray[np.int64]
 
+# Format of the collaborative model's files in a bundle (bundle.py).
 ARTIFACT_FORMAT = 1
-_CURRENT = "current"
-_RANKER_FILE = "ranker.json"
 
 # Interaction kinds (longtail.common.v1.InteractionKind numbers; kept numeric so that this module
 # is usable without the generated contracts). Stronger signals weigh more in ALS confidence.
@@ -237,128 +231,3 @@ def train_als(
         duration_seconds=duration,
         created_at=datetime.datetime.now(datetime.UTC).isoformat(),
     )
-
-
-class ArtifactStore:
-    """Versioned collaborative artefacts under ``<root>/collaborative``."""
-
-    def __init__(self, root: Path, keep: int = 5) -> None:
-        self.root = Path(root) / "collaborative"
-        self.keep = keep
-
-    def _version_dir(self, version: str) -> Path:
-        if not version or "/" in version or version.startswith("."):
-            raise ValueError(f"bad model version {version!r}")
-        return self.root / version
-
-    def save(self, model: CollaborativeModel) -> Path:
-        """Write ``model`` as a new version and point ``current`` at it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self._version_dir(model.version)
-        if final.exists():
-            raise FileExistsError(f"model version {model.version} already stored")
-        staging = self.root / f".tmp-{model.version}-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        np.save(staging / "item_factors.npy", model.item_factors, allow_pickle=False)
-        np.save(staging / "item_counts.npy", model.item_counts, allow_pickle=False)
-        if model.user_factors is not None:
-            np.save(staging / "user_factors.npy", model.user_factors, allow_pickle=False)
-        (staging / "item_ids.json").write_text(json.dumps(model.item_ids))
-        (staging / "user_ids.json").write_text(json.dumps(model.user_ids))
-        if model.ranker is not None:
-            (staging / _RANKER_FILE).write_text(model.ranker.to_json())
-        manifest = {
-            "format": ARTIFACT_FORMAT,
-            "version": model.version,
-            "created_at": model.created_at,
-            "params": dataclasses.asdict(model.params),
-            "user_count": model.user_count,
-            "item_count": model.item_count,
-            "interaction_count": model.interaction_count,
-            "duration_seconds": model.duration_seconds,
-        }
-        # The manifest is written last: a folder without one is never loaded.
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        os.rename(staging, final)
-        self._point_current(model.version)
-        self._prune(model.version)
-        return final
-
-    def _point_current(self, version: str) -> None:
-        pointer = self.root / _CURRENT
-        temporary = self.root / f".{_CURRENT}.{os.getpid()}"
-        temporary.write_text(version + "\n")
-        os.replace(temporary, pointer)
-
-    def _prune(self, current: str) -> None:
-        stored = self.versions()
-        for old in stored[: max(len(stored) - self.keep, 0)]:
-            if old != current:
-                shutil.rmtree(self.root / old, ignore_errors=True)
-
-    def versions(self) -> list[str]:
-        """Complete stored versions, oldest first (by manifest creation time, then name)."""
-        if not self.root.is_dir():
-            return []
-        found: list[tuple[str, str]] = []
-        for path in self.root.iterdir():
-            manifest = path / "manifest.json"
-            if path.name.startswith(".") or not manifest.is_file():
-                continue
-            try:
-                created = str(json.loads(manifest.read_text()).get("created_at", ""))
-            except (OSError, ValueError):
-                continue
-            found.append((created, path.name))
-        return [name for _, name in sorted(found)]
-
-    def current_version(self) -> str | None:
-        """The version ``current`` points at, else the newest complete one."""
-        pointer = self.root / _CURRENT
-        if pointer.is_file():
-            version = pointer.read_text().strip()
-            if version and (self.root / version / "manifest.json").is_file():
-                return version
-            log.warning("current model pointer is dangling", extra={"fields": {"v": version}})
-        stored = self.versions()
-        return stored[-1] if stored else None
-
-    def load(self, version: str) -> CollaborativeModel:
-        folder = self._version_dir(version)
-        manifest = json.loads((folder / "manifest.json").read_text())
-        if manifest.get("format") != ARTIFACT_FORMAT:
-            raise ValueError(f"unsupported artefact format {manifest.get('format')!r}")
-        user_factors_path = folder / "user_factors.npy"
-        return CollaborativeModel(
-            version,
-            json.loads((folder / "item_ids.json").read_text()),
-            np.load(folder / "item_factors.npy", allow_pickle=False),
-            np.load(folder / "item_counts.npy", allow_pickle=False),
-            AlsParams(**manifest["params"]),
-            user_ids=json.loads((folder / "user_ids.json").read_text()),
-            user_factors=(
-                np.load(user_factors_path, allow_pickle=False)
-                if user_factors_path.is_file()
-                else None
-            ),
-            interaction_count=int(manifest.get("interaction_count", 0)),
-            duration_seconds=float(manifest.get("duration_seconds", 0.0)),
-            created_at=str(manifest.get("created_at", "")),
-            ranker=_load_ranker(folder / _RANKER_FILE),
-        )
-
-    def load_current(self) -> CollaborativeModel | None:
-        version = self.current_version()
-        return None if version is None else self.load(version)
-
-
-def _load_ranker(path: Path) -> LearnedRanker | None:
-    """The stored ranker; None when absent or unreadable (serving falls back to the blend)."""
-    if not path.is_file():
-        return None
-    try:
-        return LearnedRanker.from_json(path.read_text())
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        log.warning("learned ranker not loaded", extra={"fields": {"detail": str(error)}})
-        return None

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse
 
+from services.common.artifacts import LocalFolderStore, list_bundles
+from services.ranking.bundle import load_bundle, save_bundle
 from services.ranking.collaborative import (
     KIND_CLICK,
     KIND_PURCHASE,
     KIND_RATING,
     KIND_VIEW,
     AlsParams,
-    ArtifactStore,
     CollaborativeModel,
     InteractionBatch,
     interaction_weight,
@@ -109,55 +109,39 @@ def test_folded_in_user_prefers_their_category(model: CollaborativeModel) -> Non
     assert set(categories) <= set(CATEGORIES)
 
 
-def test_save_load_round_trip_and_current_pointer(
-    tmp_path: Path, model: CollaborativeModel
-) -> None:
-    store = ArtifactStore(tmp_path)
-    assert store.current_version() is None and store.load_current() is None
-    folder = store.save(model)
-    assert folder == tmp_path / "collaborative" / model.version
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["version"] == model.version and manifest["item_count"] == model.item_count
-    loaded = store.load_current()
-    assert loaded is not None and loaded.version == model.version
+def test_bundle_round_trip(tmp_path: Path, model: CollaborativeModel) -> None:
+    store = LocalFolderStore(tmp_path)
+    manifest = save_bundle(store, model, code_version="test")
+    assert manifest.bundle_id == model.version and list_bundles(store) == [model.version]
+    entry = manifest.models[0]
+    assert entry["kind"] == "collaborative" and entry["items"] == model.item_count
+    assert entry["users"] == model.user_count
+    _, loaded = load_bundle(store, model.version, manifest.sha256)
+    assert loaded.version == model.version
     np.testing.assert_array_equal(loaded.item_factors, model.item_factors)
     np.testing.assert_array_equal(loaded.item_counts, model.item_counts)
-    assert loaded.item_ids == model.item_ids and loaded.user_ids == model.user_ids
+    # User factors are not stored: serving folds users in from their history.
+    assert loaded.item_ids == model.item_ids and loaded.user_ids == []
     assert loaded.params == model.params
     rows = np.array([1, 2, 5])
     folded, expected = loaded.fold_in(rows, np.ones(3)), model.fold_in(rows, np.ones(3))
     assert folded is not None and expected is not None
     np.testing.assert_allclose(folded, expected)
     with pytest.raises(FileExistsError):
-        store.save(model)
+        save_bundle(store, model, code_version="test")
 
 
-def test_new_version_becomes_current_and_old_ones_are_pruned(
+def test_every_version_is_its_own_bundle(
     tmp_path: Path, world_rows: list[tuple[str, str, float]]
 ) -> None:
-    store = ArtifactStore(tmp_path, keep=2)
-    versions = []
+    store = LocalFolderStore(tmp_path)
+    versions = {}
     for iterations in (2, 3, 4):
         trained = train_als(batches(world_rows), AlsParams(factors=8, iterations=iterations))
-        store.save(trained)
-        versions.append(trained.version)
-        assert store.current_version() == trained.version
-    assert len(set(versions)) == 3
-    assert store.versions() == versions[1:]
-    current = store.load_current()
-    assert current is not None and current.params.iterations == 4
-
-
-def test_incomplete_folders_are_ignored_and_a_dangling_pointer_falls_back(
-    tmp_path: Path, model: CollaborativeModel
-) -> None:
-    store = ArtifactStore(tmp_path)
-    store.save(model)
-    # A crashed writer leaves a staging folder and a folder without manifest: never loaded.
-    (store.root / ".tmp-crashed-1").mkdir()
-    (store.root / "half-written").mkdir()
-    assert store.versions() == [model.version]
-    (store.root / "current").write_text("gone\n")
-    assert store.current_version() == model.version
-    with pytest.raises(ValueError, match="bad model version"):
-        store.load("../escape")
+        save_bundle(store, trained, code_version="test")
+        versions[trained.version] = iterations
+    assert sorted(list_bundles(store)) == sorted(versions)
+    for version, iterations in versions.items():
+        assert load_bundle(store, version)[1].params.iterations == iterations
+    with pytest.raises(ValueError, match="bad bundle id"):
+        load_bundle(store, "../escape")

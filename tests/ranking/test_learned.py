@@ -9,10 +9,11 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from services.common.artifacts import BundleIncompatible, LocalFolderStore
+from services.ranking.bundle import load_bundle, save_bundle
 from services.ranking.catalog import CatalogSnapshot, build_snapshot
 from services.ranking.collaborative import (
     AlsParams,
-    ArtifactStore,
     CollaborativeModel,
     InteractionBatch,
     train_als,
@@ -160,9 +161,10 @@ def test_the_ranker_is_stored_and_loaded_with_the_model(
 ) -> None:
     model = train_als([timed_batch(world)], ALS, version="with-ranker")
     model.ranker = ranker
-    store = ArtifactStore(tmp_path)
-    store.save(model)
-    loaded = store.load("with-ranker")
+    store = LocalFolderStore(tmp_path)
+    save_bundle(store, model, code_version="test")
+    manifest, loaded = load_bundle(store, "with-ranker")
+    assert manifest.kinds == ["collaborative", "learned_ranker"]
     assert loaded.ranker is not None
     x, _ = synthetic_rows(n=50)
     assert np.allclose(loaded.ranker.score(x), ranker.score(x))
@@ -172,9 +174,9 @@ def test_without_a_ranker_artefact_serving_falls_back_to_the_blend(
     tmp_path: Path, world: World, snapshot: CatalogSnapshot
 ) -> None:
     model = train_als([timed_batch(world)], ALS, version="plain")
-    store = ArtifactStore(tmp_path)
-    store.save(model)
-    loaded: CollaborativeModel = store.load("plain")
+    store = LocalFolderStore(tmp_path)
+    save_bundle(store, model, code_version="test")
+    loaded: CollaborativeModel = load_bundle(store, "plain")[1]
     assert loaded.ranker is None
     view = CollaborativeView.build(loaded, snapshot)
     _, items = world.users["user-0005"]
@@ -185,12 +187,15 @@ def test_without_a_ranker_artefact_serving_falls_back_to_the_blend(
     assert result.candidates[0].score == pytest.approx(float(blended.max()))
 
 
-def test_an_unreadable_ranker_artefact_is_ignored(
+def test_a_ranker_fitted_on_other_features_makes_the_bundle_incompatible(
     tmp_path: Path, world: World, ranker: LearnedRanker
 ) -> None:
-    model = train_als([timed_batch(world)], ALS, version="broken")
-    model.ranker = ranker
-    store = ArtifactStore(tmp_path)
-    folder = store.save(model)
-    (folder / "ranker.json").write_text('{"format": 99}')
-    assert store.load("broken").ranker is None
+    """Refused whole (the replica keeps its previous model) rather than served half."""
+    model = train_als([timed_batch(world)], ALS, version="other-features")
+    model.ranker = dataclasses.replace(
+        ranker, feature_names=tuple(f"old_{name}" for name in ranker.feature_names)
+    )
+    store = LocalFolderStore(tmp_path)
+    save_bundle(store, model, code_version="test")
+    with pytest.raises(BundleIncompatible, match="other features"):
+        load_bundle(store, "other-features")
