@@ -7,7 +7,8 @@ A profiles service (SQLite in a temporary folder) is started in this process and
 item gets a seeded random unit vector (384 dimensions, MiniLM's width: the cost of the ranker's
 content features does not depend on where the vectors come from, its metrics do, so they are not
 reported as quality). Then ``python -m services.training`` runs as its own process, exactly as a
-CronJob runs it, and its JSON report (stage times, peak RSS, bundle size) is printed.
+CronJob runs it, and its JSON report (stage times, peak RSS, bundle size) is printed, with the
+time a replica takes to load and verify the bundle.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import numpy as np
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2 as ppb
 from longtail.profiles.v1 import profiles_service_pb2_grpc
+from services.common.artifacts import LocalFolderStore
 from services.common.server import start_service
 from services.common.settings import ServerSettings
 from services.profiles.app import ProfilesSettings
 from services.profiles.app import build as build_profiles
+from services.ranking.bundle import load_bundle
 from services.suite import datasets
 
 MOVIELENS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "movielens-latest-small"
@@ -101,6 +104,10 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             if job.returncode != 0:
                 raise SystemExit(f"the training job failed ({job.returncode})")
             report: dict[str, object] = json.loads(out)
+            # What a replica pays to switch: download (here: read), verify, decode, off its loop.
+            mark = time.perf_counter()
+            load_bundle(LocalFolderStore(root / "artifacts"), str(report["version"]))
+            report["replica_load_seconds"] = round(time.perf_counter() - mark, 3)
             report["process_wall_seconds"] = round(wall, 2)
             report["load_seconds"] = round(load_seconds, 1)
             report["catalogue"] = args.catalogue

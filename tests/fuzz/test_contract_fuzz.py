@@ -228,6 +228,22 @@ RPCS = [
         ppb.ListServedRequestsRequest(window=DASHBOARD_WINDOW, page_size=5),
     ),
     Rpc("profiles", P + "GetServedRequest", ppb.GetServedRequestRequest(request_id=SEED_REQUEST)),
+    # The model registry (services/profiles/registry.py); the rollback goes back to the version
+    # the PublishModel above published.
+    Rpc(
+        "profiles",
+        P + "PublishModel",
+        ppb.PublishModelRequest(
+            model_kind="fuzz_kind", version="fuzz-v1", published_by="fuzz", reason="base"
+        ),
+    ),
+    Rpc("profiles", P + "GetActiveModel", ppb.GetActiveModelRequest(model_kind="fuzz_kind")),
+    Rpc("profiles", P + "ListModelPublications", ppb.ListModelPublicationsRequest(page_size=5)),
+    Rpc(
+        "profiles",
+        P + "RollbackModel",
+        ppb.RollbackModelRequest(model_kind="fuzz_kind", to_version="fuzz-v1"),
+    ),
     Rpc(
         "ranking",
         R + "RankCandidates",

@@ -148,3 +148,35 @@ async def test_job_killed_half_way_publishes_nothing(
     assert await profiles.active() == before.version
     assert list_bundles(store) == []
     assert incomplete_bundles(store) == []
+
+
+async def test_longtail_train_command_runs_the_job(
+    profiles: ServedProfiles, tmp_path: Path
+) -> None:
+    command = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "longtail"),
+        "--profiles",
+        profiles.target,
+        "--embeddings",
+        NO_EMBEDDINGS,
+        "train",
+        "--artifact-dir",
+        str(tmp_path / "cli-artifacts"),
+        "--factors",
+        "8",
+        "--iterations",
+        "3",
+        "--reason",
+        "from the CLI",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await command.communicate()
+    assert command.returncode == 0, err.decode()
+    assert "published" in out.decode()
+    version = await profiles.active()
+    assert list_bundles(LocalFolderStore(tmp_path / "cli-artifacts")) == [version]
+    history = await profiles.stub.ListModelPublications(
+        ppb.ListModelPublicationsRequest(model_kind="collaborative")
+    )
+    assert history.publications[0].reason == "from the CLI"
