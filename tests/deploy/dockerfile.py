@@ -119,9 +119,13 @@ class Dockerfile:
         raise AssertionError("the image copies no /app from a build stage")
 
     def copies_into_app(self) -> list[tuple[str, str]]:
-        """(source in the repository, destination under /app) of that stage's COPY lines."""
+        """(source in the repository, destination under /app) of the COPY lines of the stage the
+        image takes /app from, and of the image's own stages (a service's extra package)."""
         pairs = []
-        for rest in self.app_stage().all("COPY"):
+        lines = self.app_stage().all("COPY") + [
+            rest for rest in self.runtime("COPY") if not rest.startswith("--from=")
+        ]
+        for rest in lines:
             parts = rest.split()
             if len(parts) == 2 and parts[1].startswith("/app/"):
                 pairs.append((parts[0], parts[1].removeprefix("/app/")))

@@ -64,6 +64,8 @@ EXTRA_ENV = {
 }
 STATEFUL = {"profiles", "ranking"}  # the volume /var/lib/longtail
 SYSTEM_PACKAGES = {"ranking": {"libgomp1"}}  # OpenMP for faiss / implicit
+# Packages an image carries beside its service's: the training job runs from ranking's image.
+EXTRA_PACKAGES = {"ranking": {"services/training"}}
 DEPENDENCIES = {
     "profiles": (),
     "embeddings": (),
@@ -213,7 +215,12 @@ def test_dockerfile_is_multi_stage_non_root_and_starts_the_service(service: str)
     assert ("apt-get" in runs) == (service in SYSTEM_PACKAGES)
     sources = {source for source, _ in dockerfile.copies_into_app()}
     copied_services = {s for s in sources if s.startswith("services/")}
-    assert copied_services == {"services/__init__.py", "services/common", f"services/{service}"}
+    assert copied_services == {
+        "services/__init__.py",
+        "services/common",
+        f"services/{service}",
+        *EXTRA_PACKAGES.get(service, set()),
+    }
     for source in sources:
         assert (ROOT / source).exists(), source
 
