@@ -3,8 +3,9 @@
     .venv/bin/python deploy/env_table.py            # print the table
     .venv/bin/python deploy/env_table.py --write    # refresh it in README.md
 
-Each service reads ``LONGTAIL_<NAME>_<FIELD>`` for the fields of ``ServerSettings``,
-``ObservabilitySettings`` and its own settings class. Meanings are the comments written above
+Each gRPC service reads ``LONGTAIL_<NAME>_<FIELD>`` for the fields of ``ServerSettings``,
+``ObservabilitySettings`` and its own settings class; the dashboard (an HTTP server) for those of
+its own settings class only. Meanings are the comments written above
 (or beside) each field in the source; a comment above consecutive fields describes them all.
 tests/deploy/test_env_table.py fails when README.md no longer matches.
 """
@@ -34,6 +35,8 @@ SERVICES = (
     ("ranking", "services.ranking.config", "RankingSettings"),
     ("exposure", "services.exposure.config", "ExposureSettings"),
 )
+# Not gRPC servers: their own settings class is all they read.
+HTTP_SERVICES = (("dashboard", "services.dashboard.config", "DashboardSettings"),)
 SHARED = (
     ("services.common.settings", "ServerSettings"),
     ("services.common.observability", "ObservabilitySettings"),
@@ -49,6 +52,8 @@ FALLBACK_MEANINGS = {
     "title_cache_size": "items whose title and categories the gateway keeps (LRU) for answers",
     "default_explore_first_position": "exploration slots are spread from here on (0-based)",
     "triton_startup_timeout_seconds": "with manage_triton: how long Triton may take to be ready",
+    "bucket_count": "time buckets of the window a dashboard page shows",
+    "request_rows": "rows of the latest served requests on the dashboard",
 }
 _TARGET = re.compile(r"^(\w+)_target$")
 _TIMEOUT = re.compile(r"^(profiles|embeddings|ranking|exposure)_timeout_seconds$")
@@ -139,10 +144,12 @@ def _load(module: str, name: str) -> type:
 def rows() -> list[Row]:
     """One row per variable: the shared server/observability fields, then each service's own."""
     shared = [_load(module, name) for module, name in SHARED]
+    classes = [(service, [*shared, _load(module, name)]) for service, module, name in SERVICES]
+    classes += [(service, [_load(module, name)]) for service, module, name in HTTP_SERVICES]
     result: list[Row] = []
-    for service, module, name in SERVICES:
+    for service, settings_classes in classes:
         prefix = f"LONGTAIL_{service.upper()}_"
-        for cls in (*shared, _load(module, name)):
+        for cls in settings_classes:
             comments = field_comments(cls)
             for field in dataclasses.fields(cls):
                 result.append(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import importlib.metadata
+import importlib.util
 import os
 import re
 import runpy
@@ -32,15 +33,21 @@ class RequirementsGuard(importlib.abc.MetaPathFinder):
         self.allowed = allowed
         self.owners = importlib.metadata.packages_distributions()
 
+    def owners_outside_the_image(self, fullname: str) -> set[str]:
+        """The distributions ``fullname`` comes from when none is in the image, else nothing."""
+        top = fullname.partition(".")[0]
+        if top in sys.stdlib_module_names or top in self.local:
+            return set()
+        owners = {canonical(owner) for owner in self.owners.get(top, [])}
+        # Not from a distribution, or an allowed one: the usual finders decide.
+        return set() if owners & self.allowed else owners
+
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        top = fullname.partition(".")[0]
-        if top in sys.stdlib_module_names or top in self.local:
+        owners = self.owners_outside_the_image(fullname)
+        if not owners:
             return None
-        owners = {canonical(owner) for owner in self.owners.get(top, [])}
-        if not owners or owners & self.allowed:
-            return None  # not from a distribution, or an allowed one: the usual finders decide
         raise ModuleNotFoundError(
             f"{fullname} comes from {sorted(owners)}, not in this image's requirements",
             name=fullname,
@@ -57,7 +64,20 @@ def main() -> None:
     ]
     sys.path[0] = app_dir
     os.chdir(app_dir)
-    sys.meta_path.insert(0, RequirementsGuard(app_dir, set(allowed.split(","))))
+    guard = RequirementsGuard(app_dir, set(allowed.split(",")))
+    sys.meta_path.insert(0, guard)
+    # A probe for an optional package (yarl, under aiohttp, asks for pydantic_core) answers as in
+    # the image, where it is not installed: None, not the guard's error.
+    probe = importlib.util.find_spec
+
+    def image_find_spec(
+        name: str, package: str | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if not name.startswith(".") and guard.owners_outside_the_image(name):
+            return None
+        return probe(name, package)
+
+    importlib.util.find_spec = image_find_spec
     sys.argv = [module]
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 

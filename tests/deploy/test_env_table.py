@@ -27,12 +27,18 @@ def test_every_settings_field_of_every_service_is_one_row() -> None:
     assert len(names) == len(set(names))
     expected: set[str] = set()
     shared = [getattr(importlib.import_module(m), c) for m, c in table.SHARED]
-    for service, module, name in table.SERVICES:
-        for cls in (*shared, getattr(importlib.import_module(module), name)):
+    services = [(*entry, True) for entry in table.SERVICES]
+    services += [(*entry, False) for entry in table.HTTP_SERVICES]
+    for service, module, name, grpc_server in services:
+        own = getattr(importlib.import_module(module), name)
+        for cls in (*shared, own) if grpc_server else (own,):
             expected |= {
                 f"LONGTAIL_{service.upper()}_{f.name.upper()}" for f in dataclasses.fields(cls)
             }
     assert set(names) == expected
+    # The dashboard serves HTTP: no gRPC server settings, no metrics port.
+    assert "LONGTAIL_DASHBOARD_PROFILES_TARGET" in expected
+    assert "LONGTAIL_DASHBOARD_METRICS_PORT" not in expected
     assert (
         "LONGTAIL_GATEWAY_METRICS_PORT" in expected and "LONGTAIL_PROFILES_DATABASE_URL" in expected
     )

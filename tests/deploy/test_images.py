@@ -11,7 +11,8 @@ build arg. Checked per service:
   (ports, environment defaults, volume, system packages) and no other service's;
 - each entry point, started from a copy of exactly what the image puts in /app, with the
   image's environment and only its requirements importable, reports SERVING (the embeddings
-  service against a stand-in Triton that answers the readiness calls from the real model config).
+  service against a stand-in Triton that answers the readiness calls from the real model config);
+  the dashboard, an HTTP server, answers 200 on /healthz once it reaches the profiles started here.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.protobuf import text_format
@@ -46,13 +48,16 @@ from tests.deploy.dockerfile import Dockerfile
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "deploy" / "images"
 DOCKERFILE = IMAGES / "Dockerfile"
-SERVICES = ("profiles", "embeddings", "exposure", "ranking", "gateway")  # start order
+SERVICES = ("profiles", "embeddings", "exposure", "ranking", "gateway", "dashboard")  # start order
+# HTTP servers: no gRPC health, no /metrics port (so no METRICS_PORT / HEALTHCHECK_PORT defaults).
+HTTP_SERVICES = {"dashboard"}
 PORTS = {
     "gateway": 50050,
     "profiles": 50051,
     "embeddings": 50052,
     "ranking": 50053,
     "exposure": 50054,
+    "dashboard": 50080,
 }
 # What each service's row of the Dockerfile's table adds beyond host, port and metrics port.
 EXTRA_ENV = {
@@ -61,6 +66,7 @@ EXTRA_ENV = {
     "embeddings": {"LONGTAIL_EMBEDDINGS_TRITON_URL": "triton:8001"},
     "ranking": {"LONGTAIL_RANKING_ARTIFACT_DIR": "/var/lib/longtail/artifacts"},
     "exposure": {},
+    "dashboard": {},
 }
 STATEFUL = {"profiles", "ranking"}  # the volume /var/lib/longtail
 SYSTEM_PACKAGES = {"ranking": {"libgomp1"}}  # OpenMP for faiss / implicit
@@ -72,6 +78,7 @@ DEPENDENCIES = {
     "exposure": ("profiles",),
     "ranking": ("profiles", "embeddings"),
     "gateway": ("profiles", "ranking", "exposure"),
+    "dashboard": ("profiles", "exposure", "ranking", "embeddings"),
 }
 ENTRY = Path(__file__).with_name("image_entry.py")
 
@@ -200,14 +207,18 @@ def test_dockerfile_is_multi_stage_non_root_and_starts_the_service(service: str)
     assert dockerfile.user().split(":")[0] not in ("0", "root")
     prefix = f"LONGTAIL_{service.upper()}_"
     longtail = {k: v for k, v in dockerfile.env().items() if k.startswith("LONGTAIL_")}
+    grpc_only = {
+        f"{prefix}METRICS_PORT": "9464",
+        "LONGTAIL_HEALTHCHECK_PORT": str(PORTS[service]),
+    }
     assert longtail == {
         f"{prefix}HOST": "0.0.0.0",
         f"{prefix}PORT": str(PORTS[service]),
-        f"{prefix}METRICS_PORT": "9464",
-        "LONGTAIL_HEALTHCHECK_PORT": str(PORTS[service]),
+        **({} if service in HTTP_SERVICES else grpc_only),
         **EXTRA_ENV[service],
     }
-    assert dockerfile.exposed() == {PORTS[service], 9464}
+    metrics_ports = set() if service in HTTP_SERVICES else {9464}
+    assert dockerfile.exposed() == {PORTS[service], *metrics_ports}
     assert dockerfile.volumes() == ({"/var/lib/longtail"} if service in STATEFUL else set())
     runs = " ".join(dockerfile.runtime("RUN"))
     for package in SYSTEM_PACKAGES.get(service, set()):
@@ -303,7 +314,8 @@ class Started:
         # Only what a compose file or a manifest would set: addresses and writable places.
         env[f"{prefix}HOST"] = "127.0.0.1"
         env[f"{prefix}PORT"] = "0"
-        env[f"{prefix}METRICS_PORT"] = "0"
+        if service not in HTTP_SERVICES:
+            env[f"{prefix}METRICS_PORT"] = "0"
         for dependency in DEPENDENCIES[service]:
             env[f"{prefix}{dependency.upper()}_TARGET"] = f"127.0.0.1:{self.ports[dependency]}"
         if service == "profiles":
@@ -382,6 +394,9 @@ async def test_each_image_entry_point_serves_with_the_image_environment(
         for service in SERVICES:
             port = await asyncio.to_thread(suite.start, service)
             deadline = time.monotonic() + 300  # generous: a busy machine starts slowly
+            if service in HTTP_SERVICES:
+                await _wait_until_healthz_ok(service, port, suite, deadline)
+                continue
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 while await check_health(channel) != health_pb2.HealthCheckResponse.SERVING:
                     assert time.monotonic() < deadline, (
@@ -389,6 +404,20 @@ async def test_each_image_entry_point_serves_with_the_image_environment(
                     )
                     assert suite.processes[service].poll() is None, suite.log(service)
                     await asyncio.sleep(0.2)
+
+
+async def _wait_until_healthz_ok(service: str, port: int, suite: Started, deadline: float) -> None:
+    """An HTTP service is ready when /healthz answers 200 (503 while profiles is not SERVING)."""
+    url = f"http://127.0.0.1:{port}/healthz"
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(url) as response:
+                if response.status == 200:
+                    return
+                assert response.status == 503, (response.status, suite.log(service))
+            assert time.monotonic() < deadline, f"{service} /healthz not 200:\n{suite.log(service)}"
+            assert suite.processes[service].poll() is None, suite.log(service)
+            await asyncio.sleep(0.2)
 
 
 def test_the_guard_refuses_what_the_image_does_not_install(tmp_path: Path) -> None:

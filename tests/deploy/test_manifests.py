@@ -32,8 +32,10 @@ K8S = ROOT / "deploy" / "k8s"
 COMPOSE = ROOT / "deploy" / "compose"
 KUBERNETES_VERSION = "1.37.0"
 RENDERINGS = ("base", "overlays/dev-cpu", "overlays/prod-gpu")
-SERVICES = ("gateway", "profiles", "embeddings", "ranking", "exposure")
+SERVICES = ("gateway", "profiles", "embeddings", "ranking", "exposure")  # the gRPC servers
+DASHBOARD_PORT = 50080  # HTTP (HTTPS in prod-gpu), probed on GET /healthz
 CALLS = {
+    "dashboard": ("profiles", "exposure", "ranking", "embeddings"),
     "gateway": ("profiles", "ranking", "exposure"),
     "ranking": ("profiles", "embeddings"),
     "exposure": ("profiles",),
@@ -135,6 +137,33 @@ def test_service_deployments_are_hardened_probed_and_drained(rendering: str) -> 
 
 
 @pytest.mark.parametrize("rendering", RENDERINGS)
+def test_the_dashboard_is_hardened_and_probed_over_http(rendering: str) -> None:
+    docs = render(rendering)
+    deployment = of_kind(docs, "Deployment")["dashboard"]
+    pod = deployment["spec"]["template"]["spec"]
+    main = container(deployment)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert main["securityContext"]["readOnlyRootFilesystem"] is True
+    assert main["securityContext"]["allowPrivilegeEscalation"] is False
+    assert {"cpu", "memory"} <= set(main["resources"]["requests"])
+    pre_stop = float(main["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert pod["terminationGracePeriodSeconds"] > pre_stop
+    assert {p["name"]: p["containerPort"] for p in main["ports"]} == {"http": DASHBOARD_PORT}
+    env = env_of(deployment)
+    assert env["LONGTAIL_DASHBOARD_HOST"]["value"] == "0.0.0.0"
+    assert env["LONGTAIL_DASHBOARD_PORT"]["value"] == str(DASHBOARD_PORT)
+    # HTTPS exactly where the dashboard serves TLS (it does once a certificate is set).
+    scheme = "HTTPS" if "LONGTAIL_DASHBOARD_TLS_CERT_FILE" in env else "HTTP"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["httpGet"]["path"] == "/healthz"
+        assert main[probe]["httpGet"]["port"] == "http"
+        assert main[probe]["httpGet"].get("scheme", "HTTP") == scheme
+    service = of_kind(docs, "Service")["dashboard"]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("http", DASHBOARD_PORT)]
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
 def test_every_longtail_variable_is_one_the_services_read(rendering: str) -> None:
     known = env_table().variables()
     for deployment in of_kind(render(rendering), "Deployment").values():
@@ -150,7 +179,7 @@ def test_targets_name_services_and_their_ports(rendering: str) -> None:
         name: {p["port"] for p in service["spec"]["ports"]}
         for name, service in of_kind(docs, "Service").items()
     }
-    for name in SERVICES:
+    for name in CALLS:
         env = env_of(of_kind(docs, "Deployment")[name])
         for dependency in CALLS[name]:
             host, _, port = env[f"LONGTAIL_{name.upper()}_{dependency.upper()}_TARGET"][
@@ -164,7 +193,7 @@ def test_targets_name_services_and_their_ports(rendering: str) -> None:
 def test_prod_switches_on_tls_and_the_token_and_puts_triton_on_a_gpu() -> None:
     docs = render("overlays/prod-gpu")
     deployments = of_kind(docs, "Deployment")
-    for name in SERVICES:
+    for name in CALLS:
         prefix = f"LONGTAIL_{name.upper()}_"
         env = env_of(deployments[name])
         assert env[f"{prefix}TLS_CERT_FILE"]["value"].startswith("/etc/longtail/tls/")
@@ -186,7 +215,7 @@ def test_prod_switches_on_tls_and_the_token_and_puts_triton_on_a_gpu() -> None:
 def test_dev_runs_without_gpu_tls_or_token() -> None:
     deployments = of_kind(render("overlays/dev-cpu"), "Deployment")
     assert "nvidia.com/gpu" not in container(deployments["triton"])["resources"].get("limits", {})
-    for name in SERVICES:
+    for name in CALLS:
         assert not {k for k in env_of(deployments[name]) if "TLS" in k or "AUTH_TOKEN" in k}
     assert "postgres" in deployments
 
@@ -242,7 +271,7 @@ def test_compose_wires_the_suite_like_the_manifests() -> None:
     compose = yaml.safe_load((COMPOSE / "compose.yaml").read_text())
     services = compose["services"]
     known = env_table().variables()
-    for name in SERVICES:
+    for name in CALLS:
         service = services[name]
         # The one service Dockerfile, its table row chosen by the SERVICE build arg.
         assert service["build"]["dockerfile"] == "deploy/images/Dockerfile"
@@ -255,6 +284,11 @@ def test_compose_wires_the_suite_like_the_manifests() -> None:
             target = service["environment"][f"LONGTAIL_{name.upper()}_{dependency.upper()}_TARGET"]
             assert target == f"{dependency}:{_image_port(dependency)}"
             assert dependency in service["depends_on"]
+    # The dashboard has no gRPC health: its healthcheck asks /healthz on its image's port.
+    dashboard_check = " ".join(services["dashboard"]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{_image_port('dashboard')}/healthz" in dashboard_check
+    assert services["dashboard"]["ports"] == [f"{DASHBOARD_PORT}:{_image_port('dashboard')}"]
+    assert services["dashboard"]["depends_on"]["profiles"]["condition"] == "service_healthy"
     assert services["profiles"]["depends_on"]["migrate"]["condition"] == (
         "service_completed_successfully"
     )
