@@ -49,6 +49,7 @@ async def build(settings: ExposureSettings) -> ServiceDefinition:
     definition = build_with(settings, stats)
 
     async def close() -> None:
+        await stats.close()
         await channel.close()
 
     definition.on_shutdown = close

@@ -23,6 +23,7 @@ When profiles is down, ids that must be fetched inline raise ``StatsUnavailable`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -163,6 +164,15 @@ class ProfilesStatsSource:
         """Returns once no background refresh is pending (tests and orderly shutdown)."""
         while self._refresher is not None and not self._refresher.done():
             await asyncio.shield(self._refresher)
+
+    async def close(self) -> None:
+        """Stops a pending background refresh: called before the channel closes, so that no
+        refresh wakes up to a closed channel."""
+        refresher = self._refresher
+        if refresher is not None and not refresher.done():
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
 
     def _schedule_refresh(self, ids: Sequence[str]) -> None:
         refreshing = self._refreshing

@@ -3,6 +3,7 @@ served while a background call refreshes them, failures cache nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import grpc
@@ -87,6 +88,29 @@ async def test_cached_counters_skip_profiles_until_stale_then_refresh_in_backgro
             profiles.counts["b"] = (8, 3)
             assert await source.item_stats(["b"], 1.0) == {"b": ItemCounts(8, 3)}
             assert profiles.asked[-1] == ["b"]
+    finally:
+        await running.stop(0)
+
+
+async def test_close_stops_a_pending_refresh_before_the_channel_closes() -> None:
+    profiles = CountingProfiles()  # type: ignore[abstract]  # serves GetItemStats only
+    running = await _serve(profiles)
+    clock = Clock()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            # A long refresh delay: the stale entry's refresh is pending when close() comes.
+            source = ProfilesStatsSource(
+                channel, cache_ttl_seconds=2.0, clock=clock, refresh_delay_seconds=3600.0
+            )
+            await source.item_stats(["a"], 1.0)
+            clock.now += 3.0
+            await source.item_stats(["a"], 1.0)  # stale: served, refresh scheduled
+            await source.close()
+            # Nothing is pending any more (without close() this would wait an hour: the bound
+            # only turns that failure into a timeout).
+            await asyncio.wait_for(source.wait_refreshed(), timeout=60)
+        # The channel is closed now; the refresh never ran (it would have failed on it).
+        assert profiles.asked == [["a"]]
     finally:
         await running.stop(0)
 
