@@ -57,10 +57,10 @@ class _UnaryUnary:
 
 
 class _OutboundChannel(grpc.aio.Channel):
-    """A channel that adds the metadata itself instead of through grpc.aio client interceptors:
-    an interceptor chain costs a task and an intercepted call object per hop, which at four hops
-    per Recommend was a fifth of the gateway's CPU. Unary-unary is the only kind the services
-    call; the other kinds go out unchanged."""
+    """A channel that adds the metadata itself instead of through grpc.aio client interceptors,
+    whose chain costs an intercepted call object and its callbacks per call (a microbenchmark put
+    the saving within noise of 0-15% of a call's ~0.5 ms of client CPU; a bare channel is ~0.45).
+    Unary-unary is the only kind the services call; the other kinds go out unchanged."""
 
     def __init__(self, channel: grpc.aio.Channel, token: str | None) -> None:
         self._channel = channel
