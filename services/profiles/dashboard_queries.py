@@ -42,6 +42,7 @@ from services.profiles.records import ImpressionRecord, InteractionRecord
 from services.profiles.repository import (
     counters_t,
     impressions_t,
+    interaction_from_row,
     interactions_t,
     items_t,
 )
@@ -687,15 +688,7 @@ class DashboardQueries:
                     )
                 )
             feedback = [
-                InteractionRecord(
-                    user_id=row.user_id,
-                    item_id=row.item_id,
-                    kind=row.kind,
-                    value=row.value,
-                    occurred_at=row.occurred_at,
-                    idempotency_key=row.idempotency_key,
-                    request_id=row.request_id or "",
-                )
+                interaction_from_row(row)
                 for row in session.execute(
                     sa.select(interactions_t)
                     .where(interactions_t.c.request_id == request_id)

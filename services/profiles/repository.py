@@ -208,6 +208,19 @@ def _insert_new(
     return list(session.connection().execute(sa.text(sql), params))
 
 
+def interaction_from_row(row: Any) -> InteractionRecord:
+    """An ``interactions`` row as the domain's record."""
+    return InteractionRecord(
+        user_id=row.user_id,
+        item_id=row.item_id,
+        kind=row.kind,
+        value=row.value,
+        occurred_at=row.occurred_at,
+        idempotency_key=row.idempotency_key,
+        request_id=row.request_id or "",
+    )
+
+
 class Repository:
     # ---------------------------------------------------------------- items
 
@@ -486,21 +499,7 @@ class Repository:
             .order_by(interactions_t.c.id)
             .limit(limit)
         )
-        return [
-            (
-                int(row.id),
-                InteractionRecord(
-                    user_id=row.user_id,
-                    item_id=row.item_id,
-                    kind=row.kind,
-                    value=row.value,
-                    occurred_at=row.occurred_at,
-                    idempotency_key=row.idempotency_key,
-                    request_id=row.request_id or "",
-                ),
-            )
-            for row in session.execute(stmt)
-        ]
+        return [(int(row.id), interaction_from_row(row)) for row in session.execute(stmt)]
 
     # ---------------------------------------------------------------- impressions
 
