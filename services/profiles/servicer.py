@@ -311,10 +311,14 @@ class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
     async def ListItemStats(
         self, request: pb.ListItemStatsRequest, context: ServicerContext
     ) -> pb.ListItemStatsResponse:
-        page = await self._profiles.list_item_stats(request.page_size, request.page_token)
+        page = await self._profiles.list_item_stats(
+            request.page_size, request.page_token, request.if_popularity_version_differs
+        )
         return pb.ListItemStatsResponse(
             stats=[_stats_out(entry) for entry in page.entries],
             next_page_token=page.next_page_token,
+            popularity_version=page.popularity_version,
+            unchanged=page.unchanged,
         )
 
     async def GetCatalogStats(
