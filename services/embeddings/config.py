@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from services.common.artifacts import StoreSettings
+
 ENV_PREFIX = "LONGTAIL_EMBEDDINGS_"
 DEFAULT_PORT = 50052
 
@@ -27,3 +29,29 @@ class EmbeddingsSettings:
     # With manage_triton: a local Hugging Face folder (default: the bundled all-MiniLM-L6-v2).
     triton_encoder_path: Path | None = None
     triton_startup_timeout_seconds: float = 240.0
+    # The published encoder (issue 12): the registry in profiles names the active fine-tuned
+    # encoder bundle; empty = serve the base version only.
+    profiles_target: str = ""
+    # Seconds between two registry polls; a published encoder serves within about this plus its
+    # download and load.
+    encoder_poll_seconds: float = 10.0
+    # Triton's model repository as this process sees it (the folder holding text_encoder/), where
+    # published encoders are installed as version folders; with manage_triton, the managed
+    # server's. Empty: a published version is served only when Triton already has it.
+    triton_repository: Path | None = None
+    # The artefact store of bundles (as for ranking and the training job).
+    artifact_dir: Path = Path(".longtail/artifacts")
+    artifact_store_url: str = ""
+    artifact_s3_endpoint: str = ""
+    artifact_s3_region: str = "us-east-1"
+    # TLS and token for the calls to profiles.
+    client_tls_ca_file: Path | None = None
+    client_auth_token: str | None = None
+
+    def store_settings(self) -> StoreSettings:
+        return StoreSettings(
+            folder=self.artifact_dir,
+            url=self.artifact_store_url,
+            s3_endpoint=self.artifact_s3_endpoint,
+            s3_region=self.artifact_s3_region,
+        )

@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from services.common.errors import DeadlineExceeded, ServiceError, Unavailable
 from services.embeddings.encoder import ModelInfo, Vectors
+from services.embeddings.versions import BASE_VERSION, EncoderVersion
 
 # The contract of deploy/triton/text_encoder (config.pbtxt): [n, 1] BYTES in, [n, dim] FP32 out.
 INPUT_NAME = "TEXT"
@@ -68,6 +69,33 @@ class TritonEncoderClient:
         self.url = url
         self.model_name = model_name
         self._client = triton_aio.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
+        # The published encoder version every request is pinned to (None: the base version).
+        self._pinned: EncoderVersion | None = None
+
+    def pin(self, version: EncoderVersion | None) -> None:
+        """Serve ``version`` from now on (None: the repository's base version)."""
+        self._pinned = version
+
+    @property
+    def pinned(self) -> EncoderVersion | None:
+        return self._pinned
+
+    async def version_ready(self, version: str, timeout: float) -> bool:
+        """Triton serves this version of the model now."""
+        ready = await self._bounded(
+            self._client.is_model_ready(
+                self.model_name, model_version=version, client_timeout=timeout
+            ),
+            timeout,
+        )
+        return bool(ready)
+
+    async def load_model(self, timeout: float) -> None:
+        """Ask Triton (explicit model control) to load the model again: it picks up new version
+        folders; the versions it serves keep serving while it loads, and stay if the load fails."""
+        await self._bounded(
+            self._client.load_model(self.model_name, client_timeout=timeout), timeout
+        )
 
     async def _bounded(self, call: Any, timeout: float) -> Any:
         """Await a tritonclient call; its own client_timeout should fire first, the guard is
@@ -112,14 +140,22 @@ class TritonEncoderClient:
             self._client.get_model_config(self.model_name, client_timeout=remaining), remaining
         )
         config = response.config
-        versions = sorted(metadata.versions, key=lambda v: (len(v), v))
-        backend_version = versions[-1] if versions else "1"
         output = next(o for o in config.output if o.name == OUTPUT_NAME)
-        parameters = {key: value.string_value for key, value in config.parameters.items()}
-        fingerprint = parameters.get(FINGERPRINT_PARAMETER) or _parameters_hash(parameters)
+        pinned = self._pinned
+        if pinned is not None:
+            backend_version, label = pinned.triton_version, pinned.label
+        else:
+            # The base version when served (later folders are fine-tuned encoders, served only
+            # once published), else the newest (a hand-made repository).
+            versions = sorted(metadata.versions, key=lambda v: (len(v), v))
+            backend_version = BASE_VERSION if BASE_VERSION in versions or not versions else ""
+            backend_version = backend_version or versions[-1]
+            parameters = {key: value.string_value for key, value in config.parameters.items()}
+            fingerprint = parameters.get(FINGERPRINT_PARAMETER) or _parameters_hash(parameters)
+            label = f"{backend_version}-{fingerprint}"
         return ModelInfo(
             name=self.model_name,
-            version=f"{backend_version}-{fingerprint}",
+            version=label,
             dimension=int(output.dims[-1]),
             max_batch_size=max(1, int(config.max_batch_size)),
             backend_version=backend_version,

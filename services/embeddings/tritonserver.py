@@ -152,11 +152,14 @@ def prepare_repository(
     max_batch_size: int | None = None,
     export: bool = True,
 ) -> PreparedRepository:
-    """Render a runnable model repository into ``target`` (created; must not exist yet).
+    """Render a runnable model repository into ``target`` (created when missing).
 
-    Copies ``model.py``, fills the config parameters (absolute encoder path, cache folder,
-    fingerprint), and exports the ONNX graph once into ``cache_dir`` when the runtime is ONNX so
-    that the model loads in seconds (the export runs in a subprocess: torch stays out of ours).
+    An existing ``target`` keeps its later version folders (fine-tuned encoders the embeddings
+    service installed, ``services/embeddings/versions.py``); the config and version 1 are
+    rendered anew. Copies ``model.py``, fills the config parameters (absolute encoder path, cache
+    folder, fingerprint), and exports the ONNX graph once into ``cache_dir`` when the runtime is
+    ONNX so that the model loads in seconds (the export runs in a subprocess: torch stays out of
+    ours).
     """
     if variant not in VARIANT_CONFIG_ROOTS:
         raise ValueError(f"variant must be one of {sorted(VARIANT_CONFIG_ROOTS)}")
@@ -179,8 +182,13 @@ def prepare_repository(
         r'key:\s*"runtime"\s*value:\s*\{\s*string_value:\s*"([^"]*)"', config
     ).group(1)  # type: ignore[union-attr]
     model_dir = target / MODEL_NAME
+    shutil.rmtree(model_dir / "1", ignore_errors=True)
     (model_dir / "1").mkdir(parents=True)
     shutil.copy2(source / MODEL_NAME / "1" / "model.py", model_dir / "1" / "model.py")
+    for version in model_dir.iterdir():
+        # Installed versions run the current model code too.
+        if version.name.isdigit() and version.name != "1" and (version / "model.py").exists():
+            shutil.copy2(model_dir / "1" / "model.py", version / "model.py")
     (model_dir / "config.pbtxt").write_text(config)
     onnx_path = None
     if effective_runtime == "onnx":
@@ -278,8 +286,12 @@ class TritonServer:
         stop_timeout: float = 15.0,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
+        repository_dir: Path | None = None,
     ) -> None:
         self.repository = repository
+        # Where the runnable repository is rendered: a folder that outlives restarts (installed
+        # encoder versions stay), or None for one inside each run's temporary folder.
+        self.repository_dir = repository_dir
         self.variant = variant
         self.encoder_path = encoder_path
         self.cache_dir = cache_dir
@@ -317,6 +329,11 @@ class TritonServer:
     @property
     def fingerprint(self) -> str:
         return self.prepared.fingerprint if self.prepared else ""
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The served ``text_encoder`` folder (where encoder versions are installed)."""
+        return self.prepared.path / MODEL_NAME if self.prepared else None
 
     @property
     def run_dir(self) -> Path | None:
@@ -362,7 +379,7 @@ class TritonServer:
             self._run_dir = Path(tempfile.mkdtemp(prefix="longtail-triton-"))
         try:
             self.prepared = prepare_repository(
-                self._run_dir / "models",
+                self.repository_dir or self._run_dir / "models",
                 source=self.repository,
                 variant=self.variant,
                 encoder_path=self.encoder_path,
@@ -415,7 +432,10 @@ class TritonServer:
             f"--metrics-address={self.host}",
             f"--metrics-port={self.metrics_port}",
             f"--allow-gpu-metrics={'true' if self.variant == 'gpu' else 'false'}",
-            "--model-control-mode=none",
+            # As in production (deploy/images/triton): explicit control, so that the embeddings
+            # service can load a newly installed encoder version without a restart.
+            "--model-control-mode=explicit",
+            f"--load-model={MODEL_NAME}",
             "--strict-readiness=true",
             "--exit-on-error=true",
             "--disable-auto-complete-config",

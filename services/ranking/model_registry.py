@@ -1,24 +1,20 @@
 """Where ranking's models come from: the registry (which bundle is active) and the artefact store
 (the bundle itself).
 
-``ModelRegistry`` is the registry as ranking sees it: profiles' PublishModel / GetActiveModel over
-gRPC in a deployment (``ProfilesModelRegistry``), or ``InProcessModelRegistry`` when ranking runs
-over injected sources (tests, no profiles service). ``ModelFollower`` turns "the active version
-is X" into a verified ``CollaborativeModel``, downloading and checking off the event loop, and
-remembers bundles it refused so that a corrupt bundle costs one download, not one per poll.
+The registry clients (``ModelRegistry`` and its two implementations) live in
+``services.common.registry``, shared with the embeddings service and the training job (they are
+re-exported here). ``ModelFollower`` turns "the active version is X" into a verified
+``CollaborativeModel``, downloading and checking off the event loop, and remembers bundles it
+refused so that a corrupt bundle costs one download, not one per poll.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from typing import Any, Protocol
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter
 
-from longtail.profiles.v1 import profiles_service_pb2
 from services.common.artifacts import (
     ArtifactError,
     ArtifactStore,
@@ -27,96 +23,16 @@ from services.common.artifacts import (
     Manifest,
     code_version,
 )
-from services.common.deadlines import HasTimeRemaining, outbound_timeout
-from services.common.errors import from_upstream
+from services.common.deadlines import HasTimeRemaining
+from services.common.registry import ActiveModel as ActiveModel
+from services.common.registry import InProcessModelRegistry as InProcessModelRegistry
+from services.common.registry import ModelRegistry as ModelRegistry
+from services.common.registry import ProfilesModelRegistry as ProfilesModelRegistry
 from services.ranking.bundle import MODEL_KIND, load_bundle, save_bundle
 from services.ranking.collaborative import CollaborativeModel
 from services.ranking.training import FittedModels
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class ActiveModel:
-    version: str
-    # SHA-256 of the bundle's manifest as published ("" = not given: not checked).
-    manifest_sha256: str = ""
-
-
-class ModelRegistry(Protocol):
-    async def active(self, kind: str, deadline: HasTimeRemaining | None) -> ActiveModel | None: ...
-
-    async def publish(
-        self,
-        kind: str,
-        active: ActiveModel,
-        published_by: str,
-        reason: str,
-        deadline: HasTimeRemaining | None,
-    ) -> None: ...
-
-
-class ProfilesModelRegistry:
-    """The registry in the profiles store, over its gRPC API."""
-
-    def __init__(self, profiles: Any, timeout: float = 10.0) -> None:
-        self._profiles = profiles
-        self._timeout = timeout
-
-    async def active(self, kind: str, deadline: HasTimeRemaining | None) -> ActiveModel | None:
-        try:
-            answer = await self._profiles.GetActiveModel(
-                profiles_service_pb2.GetActiveModelRequest(model_kind=kind),
-                timeout=outbound_timeout(deadline, self._timeout),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
-        if not answer.HasField("publication"):
-            return None
-        return ActiveModel(answer.publication.version, answer.publication.manifest_sha256)
-
-    async def publish(
-        self,
-        kind: str,
-        active: ActiveModel,
-        published_by: str,
-        reason: str,
-        deadline: HasTimeRemaining | None,
-    ) -> None:
-        try:
-            await self._profiles.PublishModel(
-                profiles_service_pb2.PublishModelRequest(
-                    model_kind=kind,
-                    version=active.version,
-                    manifest_sha256=active.manifest_sha256,
-                    published_by=published_by,
-                    reason=reason,
-                ),
-                timeout=outbound_timeout(deadline, self._timeout),
-            )
-        except grpc.aio.AioRpcError as error:
-            raise from_upstream(error, "profiles") from error
-
-
-class InProcessModelRegistry:
-    """A registry held in this process: for a ranking built over injected sources (no profiles
-    service), where nothing else could follow it anyway."""
-
-    def __init__(self) -> None:
-        self._active: dict[str, ActiveModel] = {}
-
-    async def active(self, kind: str, deadline: HasTimeRemaining | None) -> ActiveModel | None:
-        return self._active.get(kind)
-
-    async def publish(
-        self,
-        kind: str,
-        active: ActiveModel,
-        published_by: str,
-        reason: str,
-        deadline: HasTimeRemaining | None,
-    ) -> None:
-        self._active[kind] = active
 
 
 class FollowerMetrics:

@@ -250,6 +250,16 @@ class LocalSuite:
             await self.start_service(name)
         await self.wait_healthy(self.services)
 
+    @property
+    def artifact_dir(self) -> Path:
+        """The artefact store (a local folder) of the suite's model bundles."""
+        return (self.config.workdir / "artifacts").resolve()
+
+    @property
+    def triton_repository(self) -> Path:
+        """The model repository of the Triton the suite starts (kept across its restarts)."""
+        return (self.config.workdir / "triton-models").resolve()
+
     # -- Triton --------------------------------------------------------------------------------
 
     async def start_triton(self) -> None:
@@ -266,6 +276,8 @@ class LocalSuite:
                 grpc_port=grpc_port,
                 metrics_port=metrics_port,
                 log_path=self.log_path(TRITON),
+                # Kept across restarts: the encoder versions embeddings installed stay served.
+                repository_dir=self.triton_repository,
             )
         self._triton_abort = threading.Event()
         await self._start_triton_process()
@@ -304,8 +316,12 @@ class LocalSuite:
             env[f"{prefix}DATABASE_URL"] = self.database_url
         if name == "embeddings":
             env[f"{prefix}TRITON_URL"] = self.triton_url
-        if name == "ranking":
-            env[f"{prefix}ARTIFACT_DIR"] = str((self.config.workdir / "artifacts").resolve())
+            if self._triton is not None:
+                env[f"{prefix}TRITON_REPOSITORY"] = str(self.triton_repository)
+            if "profiles" in self.services:  # follows the published encoder (optional)
+                env[f"{prefix}PROFILES_TARGET"] = self.target("profiles")
+        if name in ("ranking", "embeddings"):
+            env[f"{prefix}ARTIFACT_DIR"] = str(self.artifact_dir)
         if name == DASHBOARD:
             for shown in DASHBOARD_SHOWS:
                 env[f"{prefix}{shown.upper()}_TARGET"] = (

@@ -37,7 +37,7 @@ from services.ranking.bundle import MODEL_KIND, save_bundle
 from services.ranking.catalog import CatalogLoader, ProfilesCatalogSource, ProfilesInteractionSource
 from services.ranking.config import RankingSettings
 from services.ranking.engine import resolve_als_params
-from services.ranking.model_registry import ActiveModel, ProfilesModelRegistry
+from services.common.registry import ActiveModel, ProfilesModelRegistry
 from services.ranking.training import fit_models
 from services.training.config import TrainingSettings
 

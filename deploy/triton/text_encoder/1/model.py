@@ -22,6 +22,13 @@ in groups of at most this many padded tokens; 0 = 4096 on CPU, 65536 on GPU), ``
 (what the embeddings service reports as part of the model version; checked against the encoder
 at load so that a stale config fails loudly).
 
+Versions. Version 1 is the base encoder of ``encoder_path``. A later version folder (written by
+the embeddings service when a fine-tuned encoder is published, see
+``services/embeddings/versions.py``) carries its own encoder: ``<version>/encoder/`` (a Hugging
+Face folder) and, for the ONNX runtime, ``<version>/model.onnx`` exported by the training job.
+Every version shares this config (runtime, token limit, threads); ``version_policy: all`` serves
+them side by side and the embeddings service pins each request to the published one.
+
 This file is self-contained (a model repository must be): the launcher imports it by path for
 ``model_fingerprint`` / ``export_onnx``; ``python model.py export`` exports from the command line.
 Nothing here downloads anything (``HF_HUB_OFFLINE=1``).
@@ -175,6 +182,22 @@ def export_onnx(folder: Path, target: Path) -> Path:
     return target
 
 
+# Inside a version folder: its own encoder (a Hugging Face folder) and its ONNX export.
+VERSION_ENCODER_DIR = "encoder"
+VERSION_ONNX_FILE = "model.onnx"
+
+
+def version_encoder(version_dir: Path) -> Path | None:
+    """The encoder folder a version folder carries, or None (the config's base encoder)."""
+    folder = version_dir / VERSION_ENCODER_DIR
+    return folder if (folder / "config.json").is_file() else None
+
+
+def version_onnx(version_dir: Path) -> Path | None:
+    path = version_dir / VERSION_ONNX_FILE
+    return path if path.is_file() else None
+
+
 def ensure_onnx(folder: Path, cache_dir: Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> Path:
     target = onnx_path_for(folder, cache_dir, max_tokens)
     return target if target.exists() else export_onnx(folder, target)
@@ -192,6 +215,7 @@ class Encoder:
         threads: int = 0,
         device: str = "cpu",
         tokens_per_run: int = 0,
+        onnx_path: Path | None = None,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -212,7 +236,7 @@ class Encoder:
         if runtime == "onnx":
             import onnxruntime as ort
 
-            path = ensure_onnx(folder, cache_dir or default_cache_dir(), max_tokens)
+            path = onnx_path or ensure_onnx(folder, cache_dir or default_cache_dir(), max_tokens)
             options = ort.SessionOptions()
             if threads > 0:
                 options.intra_op_num_threads = threads
@@ -308,9 +332,13 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = _parameters(config)
-        folder = resolve_encoder_path(params.get("encoder_path"))
         max_tokens = int(params.get("max_tokens") or DEFAULT_MAX_TOKENS)
-        expected = params.get("fingerprint", "")
+        version_dir = Path(args.get("model_repository", ".")) / str(args.get("model_version", "1"))
+        versioned = version_encoder(version_dir)
+        folder = versioned or resolve_encoder_path(params.get("encoder_path"))
+        # The config's fingerprint names the base encoder; a version folder's own encoder was
+        # checked against its bundle's checksums when it was installed.
+        expected = "" if versioned else params.get("fingerprint", "")
         if expected:
             actual = model_fingerprint(folder, max_tokens)
             if actual != expected:
@@ -330,9 +358,11 @@ class TritonPythonModel:
             threads=int(params.get("threads") or 0),
             device=device,
             tokens_per_run=int(params.get("tokens_per_run") or 0),
+            onnx_path=version_onnx(version_dir) if versioned else None,
         )
         pb_utils.Logger.log_info(
-            f"text_encoder: {encoder_name(folder)} ({folder}), runtime={self.encoder.runtime}, "
+            f"text_encoder v{args.get('model_version', '1')}: {encoder_name(folder)} ({folder}), "
+            f"runtime={self.encoder.runtime}, "
             f"device={device}, dimension={self.encoder.dimension}, max_tokens={max_tokens}"
         )
 

