@@ -146,15 +146,21 @@ class FallbackList:
         self._size = size
         self.head: list[common_pb2.ItemStats] = []
         self.tail: list[common_pb2.ItemStats] = []
+        # The popularity version the lists were made from: a refresh re-reads the catalogue's
+        # stats only when it moved (at 100k items a full read costs profiles tens of CPU-ms).
+        self._version = ""
 
     async def refresh(self, timeout: float = 10.0) -> None:
         stats: list[common_pb2.ItemStats] = []
-        token = ""
-        while True:
-            page, token = await self._profiles.list_item_stats(10_000, token, timeout)
-            stats.extend(page)
-            if not token:
-                break
+        first = await self._profiles.list_item_stats(10_000, "", timeout, self._version)
+        if first.unchanged:
+            return
+        stats.extend(first.stats)
+        token = first.next_page_token
+        while token:
+            page = await self._profiles.list_item_stats(10_000, token, timeout)
+            stats.extend(page.stats)
+            token = page.next_page_token
         half = max(1, self._size // 2)
         by_popularity = sorted(stats, key=lambda s: (-s.interaction_count, s.item_id))
         self.head = [s for s in by_popularity if not s.is_tail][:half]
@@ -162,6 +168,7 @@ class FallbackList:
         # Spread the tail picks over the whole tail (cold items included), not just its top.
         step = max(1, len(tail) // half)
         self.tail = tail[::step][:half]
+        self._version = first.popularity_version
 
     def items(self, k: int, exclude: set[str], request_id: str) -> list[common_pb2.RankedItem]:
         """Alternate head and tail items; the tail rotation depends on the request."""

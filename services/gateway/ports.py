@@ -7,6 +7,7 @@ place where stub calls and upstream errors are translated.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
@@ -16,6 +17,17 @@ from longtail.exposure.v1 import exposure_service_pb2, exposure_service_pb2_grpc
 from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
 from longtail.ranking.v1 import ranking_service_pb2, ranking_service_pb2_grpc
 from services.common.errors import from_upstream
+
+
+@dataclass(frozen=True)
+class StatsPage:
+    """One page of ListItemStats: the stats, the next page's token ("" after the last), and on
+    the first page the popularity version, or unchanged (no stats) when the caller's is current."""
+
+    stats: list[common_pb2.ItemStats]
+    next_page_token: str
+    popularity_version: str = ""
+    unchanged: bool = False
 
 
 class ProfilesPort(Protocol):
@@ -52,8 +64,12 @@ class ProfilesPort(Protocol):
     ) -> list[common_pb2.ItemStats]: ...
 
     async def list_item_stats(
-        self, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[common_pb2.ItemStats], str]: ...
+        self,
+        page_size: int,
+        page_token: str,
+        timeout: float,
+        if_popularity_version_differs: str = "",
+    ) -> StatsPage: ...
 
     async def record_interaction(
         self, interaction: common_pb2.Interaction, timeout: float
@@ -159,13 +175,24 @@ class GrpcProfiles:
         return list(response.stats)
 
     async def list_item_stats(
-        self, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[common_pb2.ItemStats], str]:
+        self,
+        page_size: int,
+        page_token: str,
+        timeout: float,
+        if_popularity_version_differs: str = "",
+    ) -> StatsPage:
         request = profiles_service_pb2.ListItemStatsRequest(
-            page_size=page_size, page_token=page_token
+            page_size=page_size,
+            page_token=page_token,
+            if_popularity_version_differs=if_popularity_version_differs,
         )
         response = await _call(self._stub.ListItemStats, request, timeout, "profiles")
-        return list(response.stats), response.next_page_token
+        return StatsPage(
+            list(response.stats),
+            response.next_page_token,
+            response.popularity_version,
+            response.unchanged,
+        )
 
     async def record_interaction(self, interaction: common_pb2.Interaction, timeout: float) -> bool:
         request = profiles_service_pb2.RecordInteractionsRequest(interactions=[interaction])

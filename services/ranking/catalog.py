@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
@@ -67,6 +68,15 @@ class ItemStatsRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class StatsRead:
+    """``CatalogSource.item_stats``' answer: every item's stats, or None when the caller's
+    ``known_version`` is still current; ``version`` is what to pass next time ("": none)."""
+
+    records: list[ItemStatsRecord] | None
+    version: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class EncodedText:
     vector: FloatArray
     model: ModelRef
@@ -89,7 +99,12 @@ class CatalogSource(Protocol):
         """Every item with a vector from ``model`` (every item when None), page by page."""
         ...
 
-    async def item_stats(self, deadline: HasTimeRemaining | None) -> list[ItemStatsRecord]: ...
+    async def item_stats(
+        self, deadline: HasTimeRemaining | None, known_version: str = ""
+    ) -> StatsRead:
+        """Every item's popularity and flags; records None when ``known_version`` (a version of
+        an earlier answer) is still current."""
+        ...
 
 
 class InteractionSource(Protocol):
@@ -334,6 +349,18 @@ class CatalogLoader:
     def __init__(self, source: CatalogSource, params: IndexParams) -> None:
         self.source = source
         self.params = params
+        # The stats version the last snapshot this loader made was built from: a refresh of that
+        # snapshot asks for the stats only if they changed (at 100k items a full read costs
+        # profiles tens of CPU-ms, and restating the snapshot ours).
+        self._stats_seen: tuple[weakref.ref[CatalogSnapshot], str] | None = None
+
+    def _known_version(self, snapshot: CatalogSnapshot) -> str:
+        if self._stats_seen is None or self._stats_seen[0]() is not snapshot:
+            return ""
+        return self._stats_seen[1]
+
+    def _remember(self, snapshot: CatalogSnapshot, version: str) -> None:
+        self._stats_seen = (weakref.ref(snapshot), version) if version else None
 
     async def _target_model(self, deadline: HasTimeRemaining | None) -> ModelRef | None:
         """The embeddings service's model when the store holds its vectors, else None."""
@@ -359,15 +386,20 @@ class CatalogLoader:
         model = await self._target_model(deadline)
         items = await self._fetch_items(model, deadline)
         stats = await self.source.item_stats(deadline)
-        return await asyncio.to_thread(build_snapshot, items, stats, self.params, previous)
+        snapshot = await asyncio.to_thread(
+            build_snapshot, items, stats.records or [], self.params, previous
+        )
+        self._remember(snapshot, stats.version)
+        return snapshot
 
     async def refresh(
         self, current: CatalogSnapshot, deadline: HasTimeRemaining | None = None
     ) -> CatalogSnapshot | None:
         """A new snapshot when the catalogue changed since ``current``, else None.
 
-        Probes first (model, item count) so that an unchanged catalogue costs two small calls
-        plus the stats pages; items are fetched only when their count changed.
+        Probes first (model, item count) so that an unchanged catalogue costs three small calls:
+        items are fetched only when their count changed, the stats pages only when their version
+        moved.
         """
         model = await self.source.embedding_model(deadline)
         if (
@@ -383,8 +415,12 @@ class CatalogLoader:
         count = await self.source.count_items(current.model, deadline)
         if count != current.size:
             return await self.load(current, deadline)
-        stats = await self.source.item_stats(deadline)
-        return await asyncio.to_thread(restat_snapshot, current, stats, self.params)
+        stats = await self.source.item_stats(deadline, self._known_version(current))
+        if stats.records is None:
+            return None
+        restated = await asyncio.to_thread(restat_snapshot, current, stats.records, self.params)
+        self._remember(restated or current, stats.version)
+        return restated
 
 
 # --- real sources over gRPC ------------------------------------------------------------------
@@ -480,26 +516,36 @@ class ProfilesCatalogSource:
             if not token:
                 return
 
-    async def item_stats(self, deadline: HasTimeRemaining | None) -> list[ItemStatsRecord]:
+    async def item_stats(
+        self, deadline: HasTimeRemaining | None, known_version: str = ""
+    ) -> StatsRead:
         records: list[ItemStatsRecord] = []
         token = ""
+        version = ""
         while True:
             try:
                 response = await self._profiles.ListItemStats(
                     profiles_service_pb2.ListItemStatsRequest(
-                        page_size=self._stats_page_size, page_token=token
+                        page_size=self._stats_page_size,
+                        page_token=token,
+                        if_popularity_version_differs="" if token else known_version,
                     ),
                     timeout=outbound_timeout(deadline, self._timeout),
                 )
             except grpc.aio.AioRpcError as error:
                 raise from_upstream(error, "profiles") from error
+            if not token:
+                # The first page's version was read before any page's counters.
+                version = response.popularity_version
+                if response.unchanged:
+                    return StatsRead(None, version)
             records.extend(
                 ItemStatsRecord(s.item_id, int(s.interaction_count), s.is_tail, s.is_cold)
                 for s in response.stats
             )
             token = response.next_page_token
             if not token:
-                return records
+                return StatsRead(records, version)
 
 
 class ProfilesInteractionSource:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Sequence
 
@@ -10,6 +11,7 @@ from longtail.exposure.v1 import exposure_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from services.common.errors import AlreadyExists, InvalidArgument, ServiceError, Unavailable
+from services.gateway.ports import StatsPage
 
 
 class FakeProfiles:
@@ -142,10 +144,25 @@ class FakeProfiles:
         return [self.stats[i] for i in item_ids if i in self.stats]
 
     async def list_item_stats(
-        self, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[common_pb2.ItemStats], str]:
+        self,
+        page_size: int,
+        page_token: str,
+        timeout: float,
+        if_popularity_version_differs: str = "",
+    ) -> StatsPage:
+        """Offset page tokens; the popularity version is a digest of the stats."""
         self._check("list_item_stats")
-        return list(self.stats.values()), ""
+        stats = list(self.stats.values())
+        version = hashlib.sha256(b"".join(s.SerializeToString() for s in stats)).hexdigest()[:16]
+        if not page_token and version == if_popularity_version_differs:
+            return StatsPage([], "", version, unchanged=True)
+        start = int(page_token or 0)
+        end = start + page_size
+        return StatsPage(
+            stats[start:end],
+            str(end) if end < len(stats) else "",
+            "" if page_token else version,
+        )
 
     async def record_interaction(self, interaction: common_pb2.Interaction, timeout: float) -> bool:
         self._check("record_interaction")

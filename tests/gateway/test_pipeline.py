@@ -14,7 +14,13 @@ from services.common.observability import RecommenderMetrics
 from services.common.server import RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings
 from services.gateway.app import SERVICE_NAME
-from services.gateway.pipeline import Deadline, ItemInfoCache, PipelineConfig, RecommendPipeline
+from services.gateway.pipeline import (
+    Deadline,
+    FallbackList,
+    ItemInfoCache,
+    PipelineConfig,
+    RecommendPipeline,
+)
 from services.gateway.servicer import GatewayServicer
 from tests.gateway.fakes import FakeExposure, FakeProfiles, FakeRanking
 
@@ -403,3 +409,28 @@ async def test_item_info_prefill_reads_the_catalogue_up_to_capacity_then_serves_
     small = ItemInfoCache(FakeProfiles(n_items=40), capacity=10)
     assert await small.prefill(page_size=4) == 10
     assert len(small) == 10
+
+
+async def test_fallback_refresh_rereads_the_stats_only_when_their_version_moved() -> None:
+    profiles = FakeProfiles(n_items=40)
+    fallback = FallbackList(profiles, size=6)
+    await fallback.refresh()
+    assert profiles.calls["list_item_stats"] == 1
+    assert [s.item_id for s in fallback.head] == ["i0", "i1", "i2"]
+    await fallback.refresh()  # nothing changed: one "unchanged" call, the lists stay
+    assert profiles.calls["list_item_stats"] == 2
+    assert [s.item_id for s in fallback.head] == ["i0", "i1", "i2"]
+    # i5 overtakes the head (its version moves): read in full, the lists follow.
+    profiles.stats["i5"] = common_pb2.ItemStats(item_id="i5", interaction_count=100)
+    await fallback.refresh()
+    assert [s.item_id for s in fallback.head] == ["i5", "i0", "i1"]
+    assert profiles.calls["list_item_stats"] == 3
+
+
+async def test_fallback_refresh_pages_through_the_catalogue() -> None:
+    profiles = FakeProfiles(n_items=25_000)
+    fallback = FallbackList(profiles, size=4)
+    await fallback.refresh()
+    assert profiles.calls["list_item_stats"] == 3  # pages of 10,000
+    assert [s.item_id for s in fallback.head] == ["i0", "i1"]
+    assert len(fallback.tail) == 2 and all(s.is_tail for s in fallback.tail)

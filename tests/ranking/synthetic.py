@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -16,6 +17,7 @@ from services.ranking.catalog import (
     ItemPage,
     ItemStatsRecord,
     ModelRef,
+    StatsRead,
 )
 from services.ranking.collaborative import InteractionBatch
 from services.ranking.index import FloatArray, normalize_rows
@@ -109,6 +111,7 @@ class FakeCatalog:
         self.embeddings_up = True
         self.profiles_up = True
         self.item_fetches = 0
+        self.stats_reads = 0  # full answers of item_stats (not the "unchanged" ones)
 
     def add_item(self, item_id: str, category: str, vector: FloatArray) -> None:
         self.items[item_id] = ((category,), vector, MODEL)
@@ -146,14 +149,22 @@ class FakeCatalog:
                 [self.items[i][2] for i in chunk],
             )
 
-    async def item_stats(self, deadline: HasTimeRemaining | None) -> list[ItemStatsRecord]:
+    async def item_stats(
+        self, deadline: HasTimeRemaining | None, known_version: str = ""
+    ) -> StatsRead:
+        """Versioned like profiles' ListItemStats: a digest of the records."""
         self._check()
         catalogue = list(self.items)
         head = head_items(self.counts, catalogue)
-        return [
+        records = [
             ItemStatsRecord(i, self.counts.get(i, 0), i not in head, self.counts.get(i, 0) == 0)
             for i in catalogue
         ]
+        version = hashlib.sha256(repr(records).encode()).hexdigest()[:16]
+        if version == known_version:
+            return StatsRead(None, version)
+        self.stats_reads += 1
+        return StatsRead(records, version)
 
 
 class FakeInteractions:

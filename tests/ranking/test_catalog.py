@@ -98,9 +98,10 @@ async def test_refresh_probes_before_fetching_and_picks_up_new_items() -> None:
     catalog = FakeCatalog(world)
     loader = CatalogLoader(catalog, IndexParams())
     snapshot = await loader.load(None)
-    assert snapshot.size == 120 and catalog.item_fetches == 1
+    assert snapshot.size == 120 and catalog.item_fetches == 1 and catalog.stats_reads == 1
     assert await loader.refresh(snapshot) is None
     assert catalog.item_fetches == 1  # unchanged count: no item pages fetched
+    assert catalog.stats_reads == 1  # unchanged stats version: no stats pages either
 
     catalog.add_item("fresh", "jazz", world.category_vector("jazz"))
     refreshed = await loader.refresh(snapshot)
@@ -110,6 +111,22 @@ async def test_refresh_probes_before_fetching_and_picks_up_new_items() -> None:
     restated = await loader.refresh(refreshed)
     assert restated is not None
     assert restated.popularity[restated.rows["item-00001"]] == catalog.counts["item-00001"]
+    reads = catalog.stats_reads
+    assert await loader.refresh(restated) is None and catalog.stats_reads == reads
+
+
+async def test_refresh_reads_the_stats_in_full_for_a_snapshot_it_did_not_make() -> None:
+    world = make_world(n_items=60, n_users=10)
+    catalog = FakeCatalog(world)
+    loader = CatalogLoader(catalog, IndexParams())
+    await loader.load(None)
+    # Built elsewhere (another loader, training's restat): the version does not vouch for it.
+    foreign = build_snapshot(
+        world.items(), [ItemStatsRecord(i, 0, True, True) for i in world.item_ids], IndexParams()
+    )
+    restated = await loader.refresh(foreign)
+    assert catalog.stats_reads == 2
+    assert restated is not None and not restated.is_cold.all()
 
 
 async def test_load_falls_back_to_the_stores_model_when_the_encoders_has_no_vectors() -> None:

@@ -27,6 +27,7 @@ from longtail.ranking.v1 import ranking_service_pb2_grpc
 from services.common.server import RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings
 from services.ranking.app import RankingSettings, build
+from services.ranking.catalog import ProfilesCatalogSource
 from tests.ranking.synthetic import CATEGORIES, MODEL, FakeCatalog, World, make_world
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -93,11 +94,17 @@ class FakeProfiles(profiles_service_pb2_grpc.ProfilesServiceServicer):
     async def ListItemStats(
         self, request: ppb.ListItemStatsRequest, context: Context
     ) -> ppb.ListItemStatsResponse:
-        stats = await self.catalog.item_stats(None)
+        read = await self.catalog.item_stats(
+            None, "" if request.page_token else request.if_popularity_version_differs
+        )
+        if read.records is None:
+            return ppb.ListItemStatsResponse(unchanged=True, popularity_version=read.version)
+        stats = read.records
         start = int(request.page_token or 0)
         size = request.page_size or 1000
         following = start + size
         return ppb.ListItemStatsResponse(
+            popularity_version="" if request.page_token else read.version,
             stats=[
                 common_pb2.ItemStats(
                     item_id=s.item_id,
@@ -283,3 +290,26 @@ async def test_slow_or_dead_embeddings_fall_back_within_the_callers_deadline(sta
     reply = await stack.stub.RankCandidates(request, timeout=30.0)
     assert reply.user_vector_source == rpb.USER_VECTOR_SOURCE_NONE
     assert len(reply.candidates) == 10
+
+
+async def test_stats_are_read_in_full_only_when_their_version_moved(stack: Stack) -> None:
+    port = stack.servers[1].port
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        source = ProfilesCatalogSource(
+            profiles_service_pb2_grpc.ProfilesServiceStub(channel), None, stats_page_size=128
+        )
+        catalog = stack.profiles.catalog
+        first = await source.item_stats(None)
+        assert first.records is not None and len(first.records) == 300 and first.version
+        reads = catalog.stats_reads
+        same = await source.item_stats(None, first.version)
+        assert same.records is None and same.version == first.version
+        assert catalog.stats_reads == reads  # the fake answered "unchanged" without its read
+
+        catalog.counts["item-00002"] = catalog.counts.get("item-00002", 0) + 40
+        moved = await source.item_stats(None, first.version)
+        assert moved.records is not None and len(moved.records) == 300
+        assert moved.version != first.version
+        assert {s.item_id: s.interaction_count for s in moved.records}[
+            "item-00002"
+        ] == catalog.counts["item-00002"]
