@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 
 from longtail.embeddings.v1 import embeddings_service_pb2 as epb
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as epb_grpc
@@ -75,7 +76,9 @@ def _vectors(response: epb.EmbedTextsResponse) -> np.ndarray[Any, np.dtype[np.fl
 async def _wait_version(stub: Any, wanted: str) -> epb.GetModelInfoResponse:
     deadline = time.monotonic() + BOUND
     while True:
-        info = await stub.GetModelInfo(epb.GetModelInfoRequest(), timeout=60)
+        info: epb.GetModelInfoResponse = await stub.GetModelInfo(
+            epb.GetModelInfoRequest(), timeout=60
+        )
         if info.model_version == wanted and info.ready:
             return info
         assert time.monotonic() < deadline, f"still {info.model_version}, waiting for {wanted}"
@@ -103,68 +106,66 @@ async def test_triton_serves_two_versions_and_embeddings_picks_the_published_one
             }
         },
     )
-    async with LocalSuite(config) as suite:
-        async with (
-            grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
-            grpc.aio.insecure_channel(suite.target("profiles")) as profiles_channel,
-        ):
-            embeddings = epb_grpc.EmbeddingsServiceStub(embeddings_channel)
-            profiles = ppb_grpc.ProfilesServiceStub(profiles_channel)
-            before = await embeddings.GetModelInfo(epb.GetModelInfoRequest(), timeout=60)
-            assert before.model_version.startswith("1-")
-            base_vectors = _vectors(
-                await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS), timeout=60)
-            )
+    async with (
+        LocalSuite(config) as suite,
+        grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
+        grpc.aio.insecure_channel(suite.target("profiles")) as profiles_channel,
+    ):
+        embeddings = epb_grpc.EmbeddingsServiceStub(embeddings_channel)
+        profiles = ppb_grpc.ProfilesServiceStub(profiles_channel)
+        before = await embeddings.GetModelInfo(epb.GetModelInfoRequest(), timeout=60)
+        assert before.model_version.startswith("1-")
+        base_vectors = _vectors(
+            await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS), timeout=60)
+        )
 
-            # The training job's part: a bundle in the suite's store, published.
-            number = new_triton_version()
-            manifest = save_encoder_bundle(
-                LocalFolderStore(suite.artifact_dir),
-                folder,
-                onnx,
-                fingerprint=fingerprint,
-                triton_version=number,
-                code_version=code_version(),
-            )
-            await profiles.PublishModel(
-                ppb.PublishModelRequest(
-                    model_kind=ENCODER_KIND,
-                    version=manifest.bundle_id,
-                    manifest_sha256=manifest.sha256,
-                    published_by="test",
-                ),
-                timeout=30,
-            )
-            await _wait_version(embeddings, f"{number}-{fingerprint}")
-            tuned = await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS), timeout=60)
-            assert tuned.model_version == f"{number}-{fingerprint}"
-            tuned_vectors = _vectors(tuned)
-            # The published encoder's vectors (ONNX in Triton = PyTorch in process), not the base's.
-            np.testing.assert_allclose(tuned_vectors, np.asarray(expected), atol=1e-5)
-            assert np.abs(tuned_vectors[:3] - base_vectors[:3]).max() > 1e-3
-            assert not tuned_vectors[3].any()  # the empty text stays the zero vector
+        # The training job's part: a bundle in the suite's store, published.
+        number = new_triton_version()
+        manifest = save_encoder_bundle(
+            LocalFolderStore(suite.artifact_dir),
+            folder,
+            onnx,
+            fingerprint=fingerprint,
+            triton_version=number,
+            code_version=code_version(),
+        )
+        await profiles.PublishModel(
+            ppb.PublishModelRequest(
+                model_kind=ENCODER_KIND,
+                version=manifest.bundle_id,
+                manifest_sha256=manifest.sha256,
+                published_by="test",
+            ),
+            timeout=30,
+        )
+        await _wait_version(embeddings, f"{number}-{fingerprint}")
+        tuned = await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS), timeout=60)
+        assert tuned.model_version == f"{number}-{fingerprint}"
+        tuned_vectors = _vectors(tuned)
+        # The published encoder's vectors (ONNX in Triton = PyTorch in process), not the base's.
+        np.testing.assert_allclose(tuned_vectors, np.asarray(expected), atol=1e-5)
+        assert np.abs(tuned_vectors[:3] - base_vectors[:3]).max() > 1e-3
+        assert not tuned_vectors[3].any()  # the empty text stays the zero vector
 
-            # Side by side: Triton still serves the base version to whoever pins it.
-            import tritonclient.grpc as triton_grpc
+        # Side by side: Triton still serves the base version to whoever pins it.
+        assert suite.triton_url is not None
+        client = triton_grpc.InferenceServerClient(suite.triton_url)
+        assert client.is_model_ready("text_encoder", "1")
+        assert client.is_model_ready("text_encoder", str(number))
+        data = np.array([TEXTS[0].encode()], dtype=np.object_).reshape(-1, 1)
+        request = triton_grpc.InferInput("TEXT", list(data.shape), "BYTES")
+        request.set_data_from_numpy(data)
+        answer = client.infer("text_encoder", [request], model_version="1")
+        np.testing.assert_allclose(answer.as_numpy("EMBEDDING")[0], base_vectors[0], atol=1e-6)
+        client.close()
 
-            assert suite.triton_url is not None
-            client = triton_grpc.InferenceServerClient(suite.triton_url)
-            assert client.is_model_ready("text_encoder", "1")
-            assert client.is_model_ready("text_encoder", str(number))
-            data = np.array([TEXTS[0].encode()], dtype=np.object_).reshape(-1, 1)
-            request = triton_grpc.InferInput("TEXT", list(data.shape), "BYTES")
-            request.set_data_from_numpy(data)
-            answer = client.infer("text_encoder", [request], model_version="1")
-            np.testing.assert_allclose(answer.as_numpy("EMBEDDING")[0], base_vectors[0], atol=1e-6)
-            client.close()
-
-            # A Triton restart keeps the installed version (the repository is kept) and the
-            # pin: the published encoder serves again once Triton is back.
-            await suite.stop_triton()
-            await suite.start_triton()
-            info = await _wait_version(embeddings, f"{number}-{fingerprint}")
-            assert info.ready
-            again = _vectors(
-                await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS[:1]), timeout=60)
-            )
-            np.testing.assert_allclose(again[0], tuned_vectors[0], atol=1e-6)
+        # A Triton restart keeps the installed version (the repository is kept) and the
+        # pin: the published encoder serves again once Triton is back.
+        await suite.stop_triton()
+        await suite.start_triton()
+        info = await _wait_version(embeddings, f"{number}-{fingerprint}")
+        assert info.ready
+        again = _vectors(
+            await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS[:1]), timeout=60)
+        )
+        np.testing.assert_allclose(again[0], tuned_vectors[0], atol=1e-6)
