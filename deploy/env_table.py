@@ -35,8 +35,12 @@ SERVICES = (
     ("ranking", "services.ranking.config", "RankingSettings"),
     ("exposure", "services.exposure.config", "ExposureSettings"),
 )
-# Not gRPC servers: their own settings class is all they read.
-HTTP_SERVICES = (("dashboard", "services.dashboard.config", "DashboardSettings"),)
+# Not gRPC servers: their own settings class is all they read (the training job also reads the
+# LONGTAIL_RANKING_* settings it fits with).
+HTTP_SERVICES = (
+    ("dashboard", "services.dashboard.config", "DashboardSettings"),
+    ("training", "services.training.config", "TrainingSettings"),
+)
 SHARED = (
     ("services.common.settings", "ServerSettings"),
     ("services.common.observability", "ObservabilitySettings"),

@@ -206,7 +206,22 @@ async def cmd_train(args: argparse.Namespace) -> None:
         reason=args.reason,
         published_by=args.published_by or "",
     )
+    if args.encoder:
+        job = dataclasses.replace(job, encoder=True, encoder_steps=args.encoder_steps)
     report = await run_training(ranking, job)
+    if report.encoder is not None:
+        encoder = report.encoder
+        console.print(
+            f"encoder {encoder.version.bundle_id} (vectors {encoder.version.label}, "
+            f"{encoder.manifest.size_bytes / 1e6:.0f} MB): {encoder.tuning['steps']} steps, "
+            f"ONNX = PyTorch within {encoder.onnx_max_difference:.1e}; "
+            + (
+                f"served, {encoder.reindexed} items re-embedded; "
+                if encoder.published
+                else "not published; "
+            )
+            + f"{encoder.seconds} s"
+        )
     data = report.manifest.data
     console.print(
         f"bundle {report.version} ({report.manifest.size_bytes / 1e6:.1f} MB) in {report.store}: "
@@ -392,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-publish", action="store_true", help="write the bundle, do not publish it")
     p.add_argument("--reason", default="longtail train", help="why (recorded in the registry)")
     p.add_argument("--published-by", help="who (default: training job on <host>)")
+    p.add_argument(
+        "--encoder",
+        action="store_true",
+        help="first fine-tune the item text encoder on the interactions, publish it (Triton "
+        "serves it as a new version), re-embed the catalogue; then fit on the new vectors",
+    )
+    p.add_argument("--encoder-steps", type=int, default=0, help="0 = the default step count")
 
     p = sub.add_parser("migrate", help="create or upgrade the store schema (Alembic)")
     p.add_argument("--database-url")

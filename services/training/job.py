@@ -1,6 +1,7 @@
 """One training run, in its own process: read through profiles, fit, write a bundle, publish.
 
-Steps, each logged as ``training stage`` with its name:
+Steps, each logged as ``training stage`` with its name (with ``encoder`` set, the encoder stage
+of ``services.training.encoder_stage`` runs first: fine-tune, publish, re-embed the catalogue):
 1. ``reading``: the catalogue (items, vectors of the embeddings service's model, stats) and every
    interaction, through the profiles service (and embeddings.GetModelInfo); no SQL here.
 2. ``fitting``: ALS on every interaction and the learned ranker on the per-user time split,
@@ -32,14 +33,15 @@ from longtail.profiles.v1 import profiles_service_pb2_grpc
 from services.common.artifacts import Manifest, code_version, open_store
 from services.common.channels import open_channel
 from services.common.logging import configure_logging
+from services.common.registry import ActiveModel, ProfilesModelRegistry
 from services.common.settings import ClientSettings, load_settings
 from services.ranking.bundle import MODEL_KIND, save_bundle
 from services.ranking.catalog import CatalogLoader, ProfilesCatalogSource, ProfilesInteractionSource
 from services.ranking.config import RankingSettings
 from services.ranking.engine import resolve_als_params
-from services.common.registry import ActiveModel, ProfilesModelRegistry
 from services.ranking.training import fit_models
 from services.training.config import TrainingSettings
+from services.training.encoder_stage import EncoderStageReport, run_encoder_stage
 
 log = logging.getLogger("longtail.training")
 
@@ -56,9 +58,12 @@ class TrainingReport:
     seconds: dict[str, float]
     # Peak resident memory of this process (the job's own high-water mark).
     peak_rss_mb: float
+    # The encoder stage, when the job fine-tuned the encoder first.
+    encoder: EncoderStageReport | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
+            **({"encoder": self.encoder.summary()} if self.encoder else {}),
             "version": self.version,
             "published": self.published,
             "store": self.store,
@@ -101,6 +106,12 @@ async def run_training(ranking: RankingSettings, job: TrainingSettings) -> Train
         profiles = profiles_service_pb2_grpc.ProfilesServiceStub(profiles_channel)
         embeddings = embeddings_service_pb2_grpc.EmbeddingsServiceStub(embeddings_channel)
         timeout = ranking.profiles_timeout_seconds
+        encoder = None
+        if job.encoder:
+            mark = time.perf_counter()
+            encoder = await run_encoder_stage(job, profiles, embeddings, store, timeout, _stage)
+            seconds["encoder"] = round(time.perf_counter() - mark, 3)
+        reading = time.perf_counter()
         _stage("reading", profiles=ranking.profiles_target)
         loader = CatalogLoader(
             ProfilesCatalogSource(profiles, embeddings, timeout=timeout), ranking.index_params()
@@ -111,7 +122,7 @@ async def run_training(ranking: RankingSettings, job: TrainingSettings) -> Train
         interactions = sum(len(b.user_ids) for b in batches)
         if not interactions:
             raise SystemExit("there are no interactions to train on")
-        seconds["read"] = round(time.perf_counter() - started, 3)
+        seconds["read"] = round(time.perf_counter() - reading, 3)
 
         mark = time.perf_counter()
         _stage("fitting", items=snapshot.size, interactions=interactions)
@@ -151,7 +162,13 @@ async def run_training(ranking: RankingSettings, job: TrainingSettings) -> Train
             seconds["publish"] = round(time.perf_counter() - mark, 3)
         seconds["total"] = round(time.perf_counter() - started, 3)
         report = TrainingReport(
-            manifest.bundle_id, manifest, job.publish, store.location, seconds, peak_rss_mb()
+            manifest.bundle_id,
+            manifest,
+            job.publish,
+            store.location,
+            seconds,
+            peak_rss_mb(),
+            encoder,
         )
         _stage("done", **report.summary())
         return report
