@@ -67,7 +67,9 @@ def test_restricted_ranks_only_the_allowed_items() -> None:
 def test_cold_baselines() -> None:
     train, vectors = two_tastes()
     relevant = {"a1": frozenset({"i5"}), "b0": frozenset({"i6", "i7"})}
-    rows = cold.baseline_rows(train, ["a1", "b0"], relevant, HELD_OUT, vectors, 0, (2, 4))
+    rows = cold.baseline_rows(
+        train, ["a1", "b0"], relevant, HELD_OUT, {"frozen encoder": vectors}, 0, (2, 4)
+    )
     by_method = {row.method: row for row in rows}
     assert set(by_method) == {"content", "random among cold items"}
     content = by_method["content"]

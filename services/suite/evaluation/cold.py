@@ -109,14 +109,17 @@ def baseline_rows(
     users: Sequence[str],
     relevant: Mapping[str, frozenset[str]],
     held_out: frozenset[str],
-    vectors: Mapping[str, npt.NDArray[np.float32]],
+    encoders: Mapping[str, Mapping[str, npt.NDArray[np.float32]]],
     seed: int,
     ks: Sequence[int],
 ) -> list[ColdRow]:
-    """Content-only (frozen-encoder vectors of the store) and random among the held-out items."""
+    """Content-only over each encoder's vectors (e.g. frozen, fine-tuned) and random among the
+    held-out items."""
     k = max(ks)
     rows: list[ColdRow] = []
-    if vectors:
+    for encoder, vectors in encoders.items():
+        if not vectors:
+            continue
         content = ContentOnly(vectors)
         content.fit(train)
         cold_content = Restricted(ContentOnly(vectors), held_out)
@@ -124,7 +127,7 @@ def baseline_rows(
         rows.append(
             ColdRow(
                 "content",
-                "mean of history vectors (frozen encoder)",
+                f"mean of history vectors ({encoder})",
                 accuracy(recommend(cold_content, train, users, k), relevant, ks),
                 accuracy(recommend(content, train, users, k), relevant, ks),
             )

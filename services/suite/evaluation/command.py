@@ -45,6 +45,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SERVICE:NAME=VALUE",
         help="extra environment for one service, e.g. ranking:LONGTAIL_RANKING_KAPPA=5",
     )
+    parser.add_argument(
+        "--tune-encoder",
+        action="store_true",
+        help="fine-tune the item text encoder on the training part (the training job's encoder "
+        "stage: Triton serves it as a new version, the catalogue is re-embedded) before the "
+        "suite's models are fitted; the frozen encoder's content-only stays as a baseline",
+    )
+    parser.add_argument(
+        "--encoder-steps", type=int, default=0, help="fine-tuning steps (0 = the default)"
+    )
     parser.add_argument("--triton-url", help="use this running Triton (host:port)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -91,5 +101,7 @@ async def cmd_eval(args: argparse.Namespace) -> None:
         progress=not args.no_progress,
         suite_env=_service_env(args.env),
         triton_url=args.triton_url,
+        tune_encoder=args.tune_encoder,
+        encoder_steps=args.encoder_steps,
     )
     await run_evaluation(dataset, config, Console(), name=folder.name or str(folder))

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -59,7 +59,13 @@ from services.suite.evaluation.split import (
     split,
 )
 
+if TYPE_CHECKING:  # the training stage imports torch: only when an evaluation tunes
+    from services.training.encoder_stage import EncoderStageReport
+
 TUNING_K = 10
+# The content-only baselines' encoders (cold-items split).
+FROZEN_ENCODER = "frozen encoder"
+TUNED_ENCODER = "fine-tuned encoder"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +100,11 @@ class EvalConfig:
     suite_env: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     # Use a running Triton (host:port) instead of starting one.
     triton_url: str | None = None
+    # Fine-tune the item encoder on the training part first (the training job's encoder stage)
+    # and serve the suite on its vectors; content-only over the frozen encoder stays a baseline.
+    tune_encoder: bool = False
+    # Its steps (0 = EncoderTuningConfig's default); its seed is ``seed``.
+    encoder_steps: int = 0
 
     @property
     def suite_workdir(self) -> Path:
@@ -371,6 +382,29 @@ async def run_evaluation(
                     ranking_service_pb2.ReloadModelsRequest(), timeout=600
                 )
                 vectors = await read_vectors(client, 120.0)
+            # Content-only over the frozen encoder: a baseline whatever the suite serves with.
+            encoders = {FROZEN_ENCODER: vectors}
+            if config.tune_encoder:
+                with clock.phase("encoder tuning"):
+                    tuned = await tune_encoder(client, suite.artifact_dir, config)
+                    await client.ranking.ReloadModels(
+                        ranking_service_pb2.ReloadModelsRequest(), timeout=600
+                    )
+                    vectors = await read_vectors(client, 120.0)
+                    encoders[TUNED_ENCODER] = vectors
+                console.print(
+                    f"encoder fine-tuned: {tuned.tuning['steps']} steps in "
+                    f"{tuned.seconds.get('fine_tune', 0.0):.0f} s, served as "
+                    f"{tuned.version.label}; {tuned.reindexed} items re-embedded"
+                )
+                notes.append(
+                    f"the suite served the fine-tuned encoder {tuned.version.label} "
+                    f"(fine-tuning {tuned.seconds.get('fine_tune', 0.0):.0f} s, export "
+                    f"{tuned.seconds.get('export', 0.0):.0f} s, switch "
+                    f"{tuned.seconds.get('switch', 0.0):.0f} s, re-index "
+                    f"{tuned.seconds.get('index', 0.0):.0f} s; peak memory "
+                    f"{tuned.tuning['peak_rss_mb']:.0f} MB)"
+                )
             if len(vectors) < len(catalogue):
                 notes.append(
                     f"{len(catalogue) - len(vectors)} of {len(catalogue)} items have no vector "
@@ -510,6 +544,7 @@ async def run_evaluation(
                         served_lists,
                         config,
                         notes,
+                        encoders,
                     )
     finally:
         with clock.phase("suite stop"):
@@ -597,6 +632,7 @@ async def _cold_rows(
     served_lists: Sequence[tuple[PolicySetting, Mapping[str, Sequence[str]]]],
     config: EvalConfig,
     notes: list[str],
+    encoders: Mapping[str, Mapping[str, npt.NDArray[np.float32]]],
 ) -> list[cold.ColdRow]:
     """Cold-start accuracy: the ranking service, every served setting, the cold baselines."""
     ks = tuple(config.ks)
@@ -641,11 +677,38 @@ async def _cold_rows(
         users,
         relevant,
         cold_split.held_out,
-        vectors,
+        encoders,
         config.seed,
         ks,
     )
     return rows
+
+
+async def tune_encoder(
+    client: LongtailClient, artifact_dir: Path, config: EvalConfig
+) -> EncoderStageReport:
+    """The training job's encoder stage against the evaluation's suite: fine-tuned on what
+    profiles holds (the training part only), published, served, the catalogue re-embedded."""
+    from services.common.artifacts import LocalFolderStore
+    from services.training.config import TrainingSettings
+    from services.training.encoder_stage import run_encoder_stage
+
+    job = TrainingSettings(
+        encoder=True,
+        encoder_steps=config.encoder_steps,
+        encoder_seed=config.seed,
+        reason="longtail eval --tune-encoder",
+        published_by="longtail eval",
+    )
+    return await run_encoder_stage(
+        job,
+        client.profiles,
+        client.embeddings,
+        LocalFolderStore(artifact_dir),
+        timeout=120.0,
+        stage=lambda *args, **fields: None,
+        progress=config.progress,
+    )
 
 
 def _cold_section(summary: Mapping[str, Any]) -> str:
