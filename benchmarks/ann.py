@@ -2,12 +2,18 @@
 
     python -m benchmarks.ann --items 1000000            # the budget check (1M x 384-d)
     python -m benchmarks.ann --items 100000 --scoring   # smaller, plus RankCandidates scoring
+    python -m benchmarks.ann --items 100000 --vectors recommend --ef-search 50,100,200
 
 Vectors are synthetic but clustered (sentence embeddings are, and uniform noise makes recall
 meaningless): cluster centres are Gaussian, each cluster has its own spread, rows are
 L2-normalised. Queries are fresh draws from the same clusters, searched one at a time through
 ``VectorIndex.search`` — the way the ranking service calls it. The budget (DESIGN.md): at 1M
 items <= 1 ms per query with recall@100 >= 0.95.
+
+``--vectors recommend`` uses the vectors of ``benchmarks.recommend``'s synthetic catalogue
+(8 category centroids plus heavy noise, the same seed) and, as queries, the user vectors ranking
+would search with: the recency-weighted mean of each demo user's last 50 items. Each row also
+reports the search's CPU time per query (one thread, as the service searches).
 
 ``--scoring`` also times ``scorer.rank`` (one RankCandidates call without the gRPC hop) on a
 synthetic catalogue with a collaborative model.
@@ -73,6 +79,7 @@ class Row:
     p50_ms: float
     p99_ms: float
     recall: float
+    cpu_ms: float = 0.0
 
     @property
     def meets_budget(self) -> bool:
@@ -85,10 +92,12 @@ def measure(
     for query in queries[:10]:  # warm caches
         index.search(query, k, ef_search=ef)
     times = []
+    cpu = []
     recalls = []
     for query, expected in zip(queries, truth, strict=True):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.thread_time()
         found = index.search(query, k, ef_search=ef)
+        cpu.append((time.thread_time() - started_cpu) * 1000)
         times.append((time.perf_counter() - started) * 1000)
         recalls.append(len(set(found.rows.tolist()) & set(expected.tolist())) / k)
     latencies = np.asarray(times)
@@ -98,7 +107,32 @@ def measure(
         float(np.percentile(latencies, 50)),
         float(np.percentile(latencies, 99)),
         float(np.mean(recalls)),
+        float(np.mean(cpu)),
     )
+
+
+def recommend_catalogue(
+    items: int, users: int, count: int, seed: int
+) -> tuple[FloatArray, FloatArray]:
+    """``benchmarks.recommend``'s synthetic vectors and ``count`` user vectors over them."""
+    from benchmarks.recommend import synthetic_vectors
+    from services.ranking.scorer import recency_weights, user_vector
+    from services.suite import datasets
+
+    dataset = datasets.make_demo_catalogue(items, users, seed=seed)
+    vectors = synthetic_vectors(dataset, 384, seed)
+    rows = {item.item_id: row for row, item in enumerate(dataset.items)}
+    histories: dict[str, list[tuple[float, int]]] = {}
+    for event in dataset.interactions:
+        when = event.occurred_at.timestamp()
+        histories.setdefault(event.user_id, []).append((when, rows[event.item_id]))
+    queries = []
+    for user in sorted(histories)[:count]:
+        recent = np.asarray([row for _, row in sorted(histories[user], reverse=True)[:50]])
+        query = user_vector(vectors, recent, recency_weights(recent.shape[0], 10.0))
+        if query is not None:
+            queries.append(query)
+    return vectors, np.vstack(queries)
 
 
 def scoring_benchmark(items: int, dimension: int, calls: int, seed: int) -> None:
@@ -178,22 +212,37 @@ def main(argv: Sequence[str] | None = None) -> None:
     # HNSW needs a beam of at least k, so values below k behave as k.
     parser.add_argument("--ef-search", default="100,128,160,200,300")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--vectors",
+        choices=["clustered", "recommend"],
+        default="clustered",
+        help="recommend: benchmarks.recommend's synthetic catalogue (seed 0) and its users",
+    )
     parser.add_argument("--scoring", action="store_true", help="also time scorer.rank")
     parser.add_argument("--scoring-items", type=int, default=100_000)
     parser.add_argument("--scoring-calls", type=int, default=200)
     args = parser.parse_args(argv)
 
     clusters = args.clusters or max(args.items // 1000, 50)
+    kind = (
+        "benchmarks.recommend synthetic-catalogue"
+        if args.vectors == "recommend"
+        else f"clustered ({clusters} clusters)"
+    )
     print(
-        f"ANN benchmark: {args.items} x {args.dimension}-d clustered vectors ({clusters} "
-        f"clusters), {args.queries} single queries, k={args.k}, HNSW M={args.m} "
-        f"efConstruction={args.ef_construction}, faiss {faiss.__version__}, "
-        f"{faiss.omp_get_max_threads()} threads"
+        f"ANN benchmark: {args.items} x {args.dimension}-d {kind} vectors, {args.queries} single "
+        f"queries, k={args.k}, HNSW M={args.m} efConstruction={args.ef_construction}, faiss "
+        f"{faiss.__version__}, {faiss.omp_get_max_threads()} threads"
     )
     started = time.perf_counter()
-    vectors, centres, spread = clustered_vectors(args.items, args.dimension, clusters, args.seed)
+    if args.vectors == "recommend":
+        vectors, queries = recommend_catalogue(args.items, 2000, args.queries, 0)
+    else:
+        vectors, centres, spread = clustered_vectors(
+            args.items, args.dimension, clusters, args.seed
+        )
+        queries = queries_like(centres, spread, args.queries, args.seed + 1)
     print(f"generated in {time.perf_counter() - started:.1f} s ({vectors.nbytes / 2**30:.2f} GiB)")
-    queries = queries_like(centres, spread, args.queries, args.seed + 1)
 
     started = time.perf_counter()
     truth = exact_top(vectors, queries, args.k)
@@ -209,12 +258,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     del vectors
 
     rows = [measure(index, queries, truth, args.k, int(ef)) for ef in args.ef_search.split(",")]
-    print(f"\n| efSearch | mean ms | p50 ms | p99 ms | recall@{args.k} | budget |")
-    print("| ---: | ---: | ---: | ---: | ---: | :---: |")
+    print(f"\n| efSearch | mean ms | p50 ms | p99 ms | CPU ms/query | recall@{args.k} | budget |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | :---: |")
     for row in rows:
         print(
             f"| {row.ef_search} | {row.mean_ms:.3f} | {row.p50_ms:.3f} | {row.p99_ms:.3f} "
-            f"| {row.recall:.4f} | {'yes' if row.meets_budget else 'no'} |"
+            f"| {row.cpu_ms:.3f} | {row.recall:.4f} | {'yes' if row.meets_budget else 'no'} |"
         )
     passing = [row for row in rows if row.meets_budget]
     if passing:
