@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 import math
 import time
@@ -55,6 +56,13 @@ class RankerTrainingParams:
     # Width of the ranker's tanh layer (0: logistic regression).
     hidden: int = 0
     max_history: int = 1000
+    # Share of the interacted items made cold in the slice (seeded): every interaction with them
+    # leaves the history part (so no collaborative factor, no popularity, flagged cold) while
+    # their label interactions stay, so the ranker sees cold items that turn out relevant and
+    # learns what content says about them (DropoutNet's idea, the cold-items protocol's shape).
+    # Without it every positive of the slice is warm and cold items are ranked as never relevant.
+    cold_item_share: float = 0.1
+    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +106,27 @@ def split_by_time(
     return history, labels
 
 
+def simulated_cold_items(item_ids: Sequence[str], share: float, seed: int) -> frozenset[str]:
+    """``round(share * n)`` of the items, those with the smallest blake2b(seed, id): depends
+    only on the seed and the set of ids."""
+    if share <= 0.0:
+        return frozenset()
+    items = sorted(set(item_ids))
+    count = math.floor(share * len(items) + 0.5)
+
+    def key(item: str) -> tuple[bytes, str]:
+        return hashlib.blake2b(f"{seed}\x00{item}".encode(), digest_size=8).digest(), item
+
+    return frozenset(sorted(items, key=key)[:count])
+
+
+def make_cold(history: dict[str, list[_Event]], items: frozenset[str]) -> dict[str, list[_Event]]:
+    """The history part without any interaction with ``items``."""
+    if not items:
+        return history
+    return {u: [e for e in events if e.item_id not in items] for u, events in history.items()}
+
+
 def _stats(snapshot: CatalogSnapshot, history: dict[str, list[_Event]]) -> list[ItemStatsRecord]:
     counts: dict[str, int] = defaultdict(int)
     for user_events in history.values():
@@ -136,6 +165,12 @@ def train_ranker(
     history, labels = split_by_time(events, params)
     if not labels:
         return None
+    cold = simulated_cold_items(
+        [e.item_id for user_events in history.values() for e in user_events],
+        params.cold_item_share,
+        params.seed,
+    )
+    history = make_cold(history, cold)
     part = [(u, e) for u, user_events in history.items() for e in user_events]
     if not part:
         return None
@@ -157,6 +192,7 @@ def train_ranker(
     validation = collaborative_validation(model, history, labels, users)
     feature_parts = []
     label_parts = []
+    cold_labels = 0
     for user in users:
         recent_first = history[user][::-1][: params.max_history]
         query = RankQuery(
@@ -167,6 +203,9 @@ def train_ranker(
         if pool.source is not VectorSource.HISTORY or pool.rows.shape[0] == 0:
             continue
         wanted = labels[user]
+        cold_labels += sum(
+            1 for r in pool.rows if past.item_ids[r] in wanted and past.item_ids[r] in cold
+        )
         feature_parts.append(pool.features)
         label_parts.append(
             np.fromiter((past.item_ids[r] in wanted for r in pool.rows), dtype=np.float64)
@@ -183,6 +222,9 @@ def train_ranker(
     ranker.info.update(
         {
             "users": len(feature_parts),
+            # Items made cold in the slice, and their label rows the pools held.
+            "simulated_cold_items": len(cold),
+            "cold_positives": cold_labels,
             "seconds": round(time.perf_counter() - started, 3),
             "validation": validation,
         }
