@@ -88,10 +88,10 @@ class UserTowerConfig:
     architecture: str = "gru"
     # History entries read (the most recent ones); shorter histories are left-padded.
     max_length: int = 50
-    hidden: int = 256
+    hidden: int = 128
     layers: int = 1
     heads: int = 4  # attention only
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
