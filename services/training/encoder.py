@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 log = logging.getLogger("longtail.training.encoder")
@@ -81,10 +82,10 @@ class EncoderTuningConfig:
     # Items before the target whose mean is the anchor (1 = consecutive pairs).
     history_items: int = 1
     # Top transformer layers trained (the rest, and the embeddings, stay frozen and cached).
-    trainable_layers: int = 2
-    steps: int = 200
+    trainable_layers: int = 1
+    steps: int = 150
     batch_size: int = 64
-    learning_rate: float = 1e-4
+    learning_rate: float = 2e-4
     temperature: float = 0.05
     weight_decay: float = 0.01
     # Share of the steps with a linear warm-up; the rate then decays linearly to 0.
@@ -125,10 +126,20 @@ class EncoderTuningReport:
     # On the held-out examples, before and after: mean cosine(anchor, positive) and the share of
     # anchors whose positive is the best of the held-out positives (hit@1), both per batch.
     validation: Mapping[str, float]
+    # The vectors of ``embed_texts`` from the trained encoder (cut at the training token limit),
+    # for offline comparisons without an export; empty unless asked for.
+    vectors: Mapping[str, npt.NDArray[np.float32]] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
 
     def summary(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name != "vectors"
+        }
         data["out"] = str(self.out)
+        data["validation"] = dict(self.validation)
         return data
 
 
@@ -356,12 +367,14 @@ def fine_tune_encoder(
     out: Path,
     config: EncoderTuningConfig | None = None,
     progress: bool = False,
+    embed_texts: Mapping[str, str] | None = None,
 ) -> EncoderTuningReport:
     """Fine-tune ``base`` on ``interactions`` over ``item_texts`` (item id -> the text that is
     served, e.g. ``services.suite.indexing.item_text``) and write the encoder to ``out``.
 
     Only the interactions given are used: pass training interactions only (never test ones, never
     held-out items'). ``out`` gets config.json, model.safetensors and the base's tokenizer files.
+    ``embed_texts`` (optional, id -> text): also return their vectors from the trained encoder.
     """
     from tqdm import tqdm
 
@@ -380,7 +393,11 @@ def fine_tune_encoder(
         train = [examples[i] for i in order[holdout_count:]]
 
         encoder = _CachedEncoder(base, config.trainable_layers, config.max_tokens)
-        encoder.fill_cache([item_texts[item] for item in item_ids])
+        # Extra texts to embed at the end share the cache (the bottom is frozen).
+        extra = [key for key in (embed_texts or {}) if (embed_texts or {})[key].strip()]
+        encoder.fill_cache(
+            [item_texts[item] for item in item_ids] + [(embed_texts or {})[k] for k in extra]
+        )
         seconds_cache = time.perf_counter() - started
         log.info(
             "encoder tuning: %d items cached, %d examples (%d held out), %d steps",
@@ -422,6 +439,13 @@ def fine_tune_encoder(
                 log.info("encoder tuning step %d/%d loss %.4f", step + 1, config.steps, losses[-1])
         seconds_training = time.perf_counter() - training_started
         after = _evaluate(encoder, holdout, config.batch_size)
+        vectors: dict[str, npt.NDArray[np.float32]] = {}
+        with torch.no_grad():
+            for start in range(0, len(extra), 256):
+                rows = range(len(item_ids) + start, len(item_ids) + min(start + 256, len(extra)))
+                block = encoder.encode(list(rows)).numpy().astype(np.float32)
+                for offset, key in enumerate(extra[start : start + 256]):
+                    vectors[key] = block[offset]
 
         out.mkdir(parents=True, exist_ok=True)
         encoder.model.save_pretrained(str(out), safe_serialization=True)
@@ -445,4 +469,5 @@ def fine_tune_encoder(
         loss_first=float(np.mean(losses[:window])),
         loss_last=float(np.mean(losses[-window:])),
         validation=validation,
+        vectors=vectors,
     )

@@ -62,7 +62,8 @@ def interactions() -> list[InteractionRecord]:
 
 def tune(folder: Path, seed: int = 0) -> EncoderTuningReport:
     config = EncoderTuningConfig(**{**CONFIG.__dict__, "seed": seed})
-    return fine_tune_encoder(default_base(), catalogue(), interactions(), folder, config)
+    texts = catalogue()
+    return fine_tune_encoder(default_base(), texts, interactions(), folder, config, False, texts)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,10 @@ def test_co_consumed_items_move_closer(tuned: tuple[Path, EncoderTuningReport]) 
     def margin(folder: Path) -> tuple[float, float]:
         matrix = model.Encoder(folder, runtime="torch").encode([texts[i] for i in ids])
         vectors = dict(zip(ids, matrix, strict=True))
+        if folder == tuned[0]:
+            # The trainer's own vectors (embed_texts) are the served ones.
+            mine = np.stack([report.vectors[i] for i in ids])
+            np.testing.assert_allclose(mine, matrix, atol=1e-5, rtol=0)
         same = float(np.mean([vectors[a] @ vectors[b] for a, b in pairs]))
         apart = float(np.mean([vectors[a] @ vectors[b] for a, b in others]))
         return same, same - apart
