@@ -85,7 +85,7 @@ class UserTowerConfig:
     ``benchmarks/user_tower.py``)."""
 
     seed: int = 0
-    architecture: str = "gru"
+    architecture: str = "attention"
     # History entries read (the most recent ones); shorter histories are left-padded.
     max_length: int = 50
     hidden: int = 128
