@@ -39,13 +39,7 @@ import numpy.typing as npt
 from longtail.common.v1 import common_pb2
 from services.embeddings.tritonserver import load_model_module
 from services.ranking.scorer import recency_weights
-from services.suite import datasets
-from services.suite.evaluation import cold
-from services.suite.evaluation.baselines import ContentOnly, TrainMatrix, recommend
-from services.suite.evaluation.runner import catalogue_to_serve
-from services.suite.evaluation.split import Split, cold_item_split, split, validation_split
-from services.suite.indexing import item_text
-from services.training.user_tower import (
+from services.ranking.user_tower import (
     UserTowerConfig,
     UserTowerReport,
     history_arrays,
@@ -53,6 +47,12 @@ from services.training.user_tower import (
     time_ordered_histories,
     train_user_tower,
 )
+from services.suite import datasets
+from services.suite.evaluation import cold
+from services.suite.evaluation.baselines import ContentOnly, TrainMatrix, recommend
+from services.suite.evaluation.runner import catalogue_to_serve
+from services.suite.evaluation.split import Split, cold_item_split, split, validation_split
+from services.suite.indexing import item_text
 
 log = logging.getLogger("benchmarks.user_tower")
 
@@ -168,7 +168,7 @@ def tower_vectors(
     model_folder: Path, histories: Mapping[str, Sequence[str]], vectors: Vectors
 ) -> dict[str, FloatArray]:
     """The tower's user vectors from its ONNX export (as served)."""
-    from services.training.user_tower import OnnxUserTower
+    from services.ranking.user_tower import OnnxUserTower
 
     tower = OnnxUserTower(model_folder / "model.onnx", threads=1)
     users = [u for u, h in histories.items() if h]
@@ -230,7 +230,7 @@ def fit(
     config: UserTowerConfig,
     folder: Path,
 ) -> UserTowerReport:
-    from services.training.user_tower import save_user_tower
+    from services.ranking.user_tower import save_user_tower
 
     model, report = train_user_tower(vectors, events, config, progress=True)
     save_user_tower(model, folder)

@@ -2,9 +2,10 @@
 
 One bundle holds what ranking serves together: the collaborative model (ALS item factors, item
 ids, item counts) and, when fitted, the learned ranker whose features include that model's scores
-(so they are published, served and rolled back as one). The bundle id is the collaborative
-version (``als-<time>-<digest>``), which is what ``RankCandidates`` reports as
-``collaborative_version``. User factors are not stored: serving folds users in from their history.
+and the sequential user tower's (ONNX), so they are published, served and rolled back as one.
+The bundle id is the collaborative version (``als-<time>-<digest>``), which is what
+``RankCandidates`` reports as ``collaborative_version``. User factors are not stored: serving
+folds users in from their history.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from services.common.artifacts import (
 )
 from services.ranking.collaborative import ARTIFACT_FORMAT, AlsParams, CollaborativeModel
 from services.ranking.learned import LearnedRanker
+from services.ranking.tower import TowerRunner
 
 # The registry's model kind ranking replicas follow.
 MODEL_KIND = "collaborative"
@@ -35,6 +37,9 @@ _FACTORS = "collaborative/item_factors.npy"
 _COUNTS = "collaborative/item_counts.npy"
 _ITEM_IDS = "collaborative/item_ids.json"
 _RANKER = "learned_ranker/ranker.json"
+_TOWER = "user_tower/model.onnx"
+_TOWER_CONFIG = "user_tower/config.json"
+TOWER_KIND = "user_tower"
 
 
 def _npy(array: np.ndarray[Any, Any]) -> bytes:
@@ -51,6 +56,9 @@ def bundle_files(model: CollaborativeModel) -> dict[str, bytes]:
     }
     if model.ranker is not None:
         files[_RANKER] = model.ranker.to_json().encode()
+    if model.tower is not None:
+        files[_TOWER] = model.tower.onnx
+        files[_TOWER_CONFIG] = model.tower.config_bytes()
     return files
 
 
@@ -75,6 +83,14 @@ def model_entries(model: CollaborativeModel) -> list[dict[str, Any]]:
                 "version": f"{model.version}-ranker",
                 "features": list(model.ranker.feature_names),
                 "info": {k: v for k, v in model.ranker.info.items() if k != "validation"},
+            }
+        )
+    if model.tower is not None:
+        entries.append(
+            {
+                "kind": TOWER_KIND,
+                "version": f"{model.version}-tower",
+                "info": model.tower.description,
             }
         )
     return entries
@@ -110,6 +126,9 @@ def model_from_bundle(manifest: Manifest, files: dict[str, bytes]) -> Collaborat
     try:
         params = AlsParams(**entry["params"])
         ranker = LearnedRanker.from_json(files[_RANKER].decode()) if _RANKER in files else None
+        tower = (
+            TowerRunner.from_files(files[_TOWER], files[_TOWER_CONFIG]) if _TOWER in files else None
+        )
         return CollaborativeModel(
             str(entry["version"]),
             json.loads(files[_ITEM_IDS]),
@@ -120,11 +139,13 @@ def model_from_bundle(manifest: Manifest, files: dict[str, bytes]) -> Collaborat
             duration_seconds=float(entry.get("fit_seconds", 0.0)),
             created_at=manifest.created_at,
             ranker=ranker,
+            tower=tower,
         )
     except KeyError as error:
         raise BundleCorrupt(f"bundle {manifest.bundle_id} lacks {error}") from error
-    except (ValueError, TypeError) as error:
-        # Other feature names, shapes that disagree, parameters this code does not know.
+    except (ValueError, TypeError, RuntimeError) as error:
+        # Other feature names, shapes that disagree, parameters this code does not know, a tower
+        # graph onnxruntime cannot load.
         raise BundleIncompatible(f"bundle {manifest.bundle_id}: {error}") from error
 
 

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import scipy.sparse
 
 from services.ranking.learned import LearnedRanker
+from services.ranking.tower import TowerRunner
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class CollaborativeModel:
         duration_seconds: float = 0.0,
         created_at: str = "",
         ranker: LearnedRanker | None = None,
+        tower: TowerRunner | None = None,
     ) -> None:
         if item_factors.shape[0] != len(item_ids) or item_counts.shape[0] != len(item_ids):
             raise ValueError("item factors, counts and ids differ in length")
@@ -110,6 +112,8 @@ class CollaborativeModel:
         self.created_at = created_at
         # The learned ranker fitted with this model (None: serving uses the hand-set blend).
         self.ranker = ranker
+        # The sequential user tower the ranker's features were computed with (None: no tower).
+        self.tower = tower
         self.item_rows = {item_id: row for row, item_id in enumerate(self.item_ids)}
         factors = self.item_factors.astype(np.float64)
         # Y^T Y + lambda I: the shared part of every user's normal equations.

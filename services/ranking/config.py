@@ -44,6 +44,12 @@ class RankingSettings:
     learned_ranker: bool = True
     # Users whose candidate pools the ranker is fitted on (a deterministic sample above this).
     ranker_max_users: int = 3000
+    # Fit the sequential user tower with the ranker (a candidate source and a ranker feature;
+    # trained by whoever fits: the training job, or the deprecated in-process TrainModel).
+    user_tower: bool = True
+    # Share of the interacted items made cold in the ranker's training slice, so that it learns
+    # how relevant cold items look (0: every positive of the slice is warm).
+    ranker_cold_item_share: float = 0.1
     # Minimum tail / cold shares of the returned candidates (when the pool has them): the
     # exposure policies pick tail items from these; the order stays by score.
     min_tail_share: float = 0.3
@@ -76,7 +82,11 @@ class RankingSettings:
     def ranker_params(self) -> RankerTrainingParams | None:
         if not self.learned_ranker:
             return None
-        return RankerTrainingParams(max_users=self.ranker_max_users)
+        return RankerTrainingParams(
+            max_users=self.ranker_max_users,
+            tower=self.user_tower,
+            cold_item_share=self.ranker_cold_item_share,
+        )
 
     def als_params(self) -> AlsParams:
         return AlsParams(num_threads=self.als_threads)

@@ -43,6 +43,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "content_x_cold",  # for cold items content is the only evidence
     "factor_recent_max",  # max cosine of item factors to the last few history items
     "factor_recent_mean",
+    "tower_user",  # cosine to the sequential user tower's vector (0 without a tower)
+    "tower_user_x_cold",
 )
 
 

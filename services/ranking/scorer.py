@@ -63,6 +63,11 @@ class ScorerConfig:
     # A short-term source: neighbours of the mean of the last ``short_term_items`` items.
     short_term_items: int = 3
     short_term_pool: float = 0.5
+    # Sources from the sequential user tower's vector (when the model has a tower): over all
+    # items, and over the cold pool (among cold items it ranked 1.7x better than the mean of
+    # history on MovieLens' cold-items split).
+    tower_pool: float = 1.0
+    tower_cold_pool: float = 0.25
     # Recency weighting of the user vector: weight halves every ``history_half_life`` entries.
     history_half_life: float = 10.0
     max_history: int = 200
@@ -363,6 +368,13 @@ def candidate_pool(
     else:
         source = VectorSource.NONE
     recent_rows = history_rows[: config.recent_items]
+    tower = collaborative.model.tower if collaborative is not None else None
+    tower_vector: FloatArray | None = None
+    if tower is not None and tower.dimension == snapshot.dimension:
+        if history_rows.shape[0]:
+            tower_vector = tower.vector(snapshot.vectors[history_rows])
+        elif content_vector is not None:  # stated interests: a one-vector history
+            tower_vector = tower.vector(content_vector[None, :])
 
     # --- candidate sources
     parts: list[RowArray] = []
@@ -373,6 +385,17 @@ def candidate_pool(
             SearchRequest(0, _source_size(count, config.tail_pool, config), snapshot.tail_pool),
             SearchRequest(0, _source_size(count, config.cold_pool, config), snapshot.cold_pool),
         ]
+        if tower_vector is not None:
+            queries.append(tower_vector[None, :])
+            at = len(queries) - 1
+            requests.append(SearchRequest(at, _source_size(count, config.tower_pool, config)))
+            requests.append(
+                SearchRequest(
+                    at,
+                    _source_size(count, config.tower_cold_pool, config),
+                    snapshot.cold_pool,
+                )
+            )
         short_term = (
             user_vector(
                 snapshot.vectors,
@@ -384,7 +407,9 @@ def candidate_pool(
         )
         if short_term is not None:
             queries.append(short_term[None, :])
-            requests.append(SearchRequest(1, _source_size(count, config.short_term_pool, config)))
+            requests.append(
+                SearchRequest(len(queries) - 1, _source_size(count, config.short_term_pool, config))
+            )
         found = multi_search(snapshot.index, np.vstack(queries), requests, exclude=excluded)
         parts.extend(result.rows for result in found)
     if user_factor is not None and collaborative is not None:
@@ -466,6 +491,10 @@ def candidate_pool(
             factor_recent_max[known] = cosines.max(axis=1)
             factor_recent_mean[known] = cosines.mean(axis=1)
 
+    tower_similarity = np.zeros(n, dtype=np.float32)
+    if tower_vector is not None:
+        tower_similarity = (pool_vectors @ tower_vector).astype(np.float32)
+
     is_tail = snapshot.is_tail[pool]
     is_cold = snapshot.is_cold[pool]
     history_tail_share = (
@@ -492,6 +521,8 @@ def candidate_pool(
             recent_max * cold,
             factor_recent_max,
             factor_recent_mean,
+            tower_similarity,
+            tower_similarity * cold,
         ]
     ).astype(np.float32)
     return CandidatePool(

@@ -15,9 +15,11 @@ import datetime as dt
 import hashlib
 import logging
 import math
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,7 @@ from services.ranking.scorer import (
     VectorSource,
     candidate_pool,
 )
+from services.ranking.tower import TowerRunner
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,11 @@ class RankerTrainingParams:
     # Without it every positive of the slice is warm and cold items are ranked as never relevant.
     cold_item_share: float = 0.1
     seed: int = 0
+    # Fit the sequential user tower (services.ranking.user_tower) with the ranker: on the slice's
+    # history part for the ranker's features, then on every interaction for serving. Steps 0 =
+    # the tower's default.
+    tower: bool = True
+    tower_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +135,57 @@ def make_cold(history: dict[str, list[_Event]], items: frozenset[str]) -> dict[s
     return {u: [e for e in events if e.item_id not in items] for u, events in history.items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Timed:
+    """An interaction as the user tower's training reads it."""
+
+    user_id: str
+    item_id: str
+    occurred_at: dt.datetime
+
+
+def fit_tower(
+    snapshot: CatalogSnapshot, events: dict[str, list[_Event]], params: RankerTrainingParams
+) -> TowerRunner | None:
+    """The user tower trained on ``events`` over the snapshot's item vectors (exported to ONNX,
+    the graph serving runs); None when it is switched off or there is nothing to learn from."""
+    if not params.tower or snapshot.size == 0:
+        return None
+    # torch only where a tower is trained (the training job, the deprecated in-process TrainModel).
+    from services.ranking.user_tower import (
+        UserTowerConfig,
+        export_user_tower_onnx,
+        train_user_tower,
+    )
+
+    vectors = {item: snapshot.vectors[row] for item, row in snapshot.rows.items()}
+    timed = [
+        _Timed(user, e.item_id, dt.datetime.fromtimestamp(e.time, dt.UTC))
+        for user, user_events in events.items()
+        for e in user_events
+        if e.item_id in vectors
+    ]
+    defaults = UserTowerConfig()
+    config = dataclasses.replace(
+        defaults, seed=params.seed, steps=params.tower_steps or defaults.steps
+    )
+    try:
+        model, report = train_user_tower(vectors, timed, config)
+    except ValueError as error:  # too few histories to form one batch
+        log.warning("user tower not fitted", extra={"fields": {"detail": str(error)}})
+        return None
+    with tempfile.TemporaryDirectory(prefix="longtail-tower-") as scratch:
+        path = export_user_tower_onnx(model, Path(scratch) / "model.onnx")
+        onnx = path.read_bytes()
+    description = {
+        "config": dataclasses.asdict(config),
+        "dimension": snapshot.dimension,
+        "seconds": round(report.seconds, 3),
+        "loss_last": round(report.loss_last, 5),
+    }
+    return TowerRunner(onnx, description)
+
+
 def _stats(snapshot: CatalogSnapshot, history: dict[str, list[_Event]]) -> list[ItemStatsRecord]:
     counts: dict[str, int] = defaultdict(int)
     for user_events in history.values():
@@ -184,6 +243,8 @@ def train_ranker(
         version="validation",
     )
     past = restat_snapshot(snapshot, _stats(snapshot, history), index_params) or snapshot
+    # The tower of the features: fitted on the history part only, like the ALS above.
+    model.tower = fit_tower(past, history, params)
     view = CollaborativeView.build(model, past)
     users = sorted(labels)
     if len(users) > params.max_users:
@@ -224,6 +285,7 @@ def train_ranker(
             "users": len(feature_parts),
             # Items made cold in the slice, and their label rows the pools held.
             "simulated_cold_items": len(cold),
+            "tower": model.tower is not None,
             "cold_positives": cold_labels,
             "seconds": round(time.perf_counter() - started, 3),
             "validation": validation,
@@ -335,4 +397,8 @@ def fit_models(
         )
         if model.ranker is not None:
             metrics = dict(model.ranker.info.get("validation", {}))
+            events = _user_events(batches)
+            # The ranker learned from the tower's feature only if it had one.
+            if events is not None and model.ranker.info.get("tower"):
+                model.tower = fit_tower(snapshot, events, ranker_params)
     return FittedModels(model, data_summary(snapshot, batches), metrics)

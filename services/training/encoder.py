@@ -80,7 +80,7 @@ class EncoderTuningConfig:
 
     seed: int = 0
     # Items before the target whose mean is the anchor (1 = consecutive pairs).
-    history_items: int = 1
+    history_items: int = 3
     # Top transformer layers trained (the rest, and the embeddings, stay frozen and cached).
     trainable_layers: int = 1
     steps: int = 150

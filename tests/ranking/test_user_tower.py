@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from services.training.user_tower import (
+from services.ranking.user_tower import (
     OnnxUserTower,
     UserTower,
     UserTowerConfig,
@@ -109,7 +109,9 @@ def hit_rate(
 def sequential_tower() -> tuple[UserTower, dict[str, FloatArray], list[list[str]]]:
     vectors, histories = sequential_world()
     # The last item of every user is held out of training (it is what the test predicts).
-    config = UserTowerConfig(hidden=64, steps=300, batch_size=64, temperature=0.1, max_length=10)
+    config = UserTowerConfig(
+        hidden=64, steps=300, epochs=1000.0, batch_size=64, temperature=0.1, max_length=10
+    )
     model, report = train_user_tower(vectors, as_events([h[:-1] for h in histories]), config)
     assert report.loss_last < report.loss_first
     return model, vectors, histories

@@ -1,0 +1,102 @@
+"""The user tower in ranking: fitted with the ranker, carried by the bundle, used by the scorer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.common.artifacts import LocalFolderStore
+from services.ranking.bundle import TOWER_KIND, load_bundle, save_bundle
+from services.ranking.catalog import CatalogSnapshot, build_snapshot
+from services.ranking.collaborative import AlsParams, InteractionBatch
+from services.ranking.index import IndexParams
+from services.ranking.learned import FEATURE_NAMES
+from services.ranking.scorer import (
+    CollaborativeView,
+    HistoryItem,
+    RankQuery,
+    ScorerConfig,
+    candidate_pool,
+)
+from services.ranking.training import FittedModels, RankerTrainingParams, fit_models
+from tests.ranking.synthetic import World, make_world
+
+ALS = AlsParams(factors=16, iterations=8)
+CONFIG = ScorerConfig()
+TOWER = FEATURE_NAMES.index("tower_user")
+
+
+def _batch(world: World) -> InteractionBatch:
+    rows = [
+        (user, item, float(t))
+        for user, (_, items) in world.users.items()
+        for t, item in enumerate(items)
+    ]
+    return InteractionBatch(
+        [r[0] for r in rows], [r[1] for r in rows], [1.0] * len(rows), [r[2] for r in rows]
+    )
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return make_world()
+
+
+@pytest.fixture(scope="module")
+def snapshot(world: World) -> CatalogSnapshot:
+    return build_snapshot(world.items(), world.stats(), IndexParams())
+
+
+@pytest.fixture(scope="module")
+def fitted(world: World, snapshot: CatalogSnapshot) -> FittedModels:
+    return fit_models(snapshot, [_batch(world)], ALS, CONFIG, IndexParams(), RankerTrainingParams())
+
+
+def test_the_tower_is_fitted_with_the_ranker(fitted: FittedModels) -> None:
+    assert fitted.model.ranker is not None and fitted.model.tower is not None
+    assert fitted.model.ranker.info["tower"] is True
+    assert fitted.model.tower.dimension == 32
+
+
+def test_without_the_tower_its_features_are_zero(world: World, snapshot: CatalogSnapshot) -> None:
+    off = fit_models(
+        snapshot, [_batch(world)], ALS, CONFIG, IndexParams(), RankerTrainingParams(tower=False)
+    )
+    assert off.model.tower is None and off.model.ranker is not None
+    assert off.model.ranker.info["tower"] is False
+    view = CollaborativeView.build(off.model, snapshot)
+    _, items = world.users["user-0003"]
+    pool = candidate_pool(snapshot, view, RankQuery([HistoryItem(i) for i in items], 50), CONFIG)
+    assert not pool.features[:, TOWER].any()
+
+
+def test_the_tower_scores_the_pool_and_serves_interests(
+    world: World, snapshot: CatalogSnapshot, fitted: FittedModels
+) -> None:
+    view = CollaborativeView.build(fitted.model, snapshot)
+    liked, items = world.users["user-0003"]
+    pool = candidate_pool(snapshot, view, RankQuery([HistoryItem(i) for i in items], 50), CONFIG)
+    assert np.abs(pool.features[:, TOWER]).max() > 0.1
+    # A user with stated interests and no history goes through the same tower.
+    interests = world.category_vector(liked)
+    only_interests = candidate_pool(
+        snapshot, view, RankQuery([], 50, interests_vector=interests), CONFIG
+    )
+    assert np.abs(only_interests.features[:, TOWER]).max() > 0.1
+
+
+def test_the_bundle_carries_the_tower(
+    tmp_path: Path, world: World, snapshot: CatalogSnapshot, fitted: FittedModels
+) -> None:
+    store = LocalFolderStore(tmp_path)
+    manifest = save_bundle(store, fitted.model, code_version="test")
+    assert TOWER_KIND in manifest.kinds
+    _, loaded = load_bundle(store, manifest.bundle_id, manifest.sha256)
+    assert loaded.tower is not None and fitted.model.tower is not None
+    history = snapshot.vectors[:7]
+    original = fitted.model.tower.vector(history)
+    again = loaded.tower.vector(history)
+    assert original is not None and again is not None
+    np.testing.assert_array_equal(original, again)
