@@ -46,3 +46,6 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Python warnings (e.g. torch's ONNX exporter) as JSON log lines too: stderr stays one JSON
+    # object per line for whatever collects it.
+    logging.captureWarnings(True)

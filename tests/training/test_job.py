@@ -60,7 +60,8 @@ async def test_job_writes_a_verified_bundle_and_publishes_it(
     store = LocalFolderStore(tmp_path / "artifacts")
     manifest, model = load_bundle(store, report.version, report.manifest.sha256)
     assert model.version == report.version and model.ranker is not None
-    assert manifest.kinds == ["collaborative", "learned_ranker"]
+    # The user tower is fitted with the ranker and travels with it.
+    assert manifest.kinds == ["collaborative", "learned_ranker", "user_tower"]
     world = profiles.world
     assert manifest.data["interactions"] == len(world.interactions())
     assert manifest.data["users"] == len(world.users)
