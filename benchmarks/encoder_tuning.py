@@ -33,6 +33,7 @@ import numpy.typing as npt
 
 from longtail.common.v1 import common_pb2
 from services.embeddings.tritonserver import load_model_module
+from services.ranking.torch_training import peak_rss_mb
 from services.suite import datasets
 from services.suite.evaluation import cold
 from services.suite.evaluation.baselines import ContentOnly, TrainMatrix, recommend
@@ -43,10 +44,11 @@ from services.training.encoder import (
     EncoderTuningConfig,
     default_base,
     fine_tune_encoder,
-    peak_rss_mb,
 )
 
-DEFAULT_DATA = Path("/work/shared/datasets/movielens-latest-small")
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "datasets" / "movielens-latest-small"
+)
 KS = (10, 20)
 Vectors = Mapping[str, npt.NDArray[np.float32]]
 

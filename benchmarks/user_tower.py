@@ -39,11 +39,11 @@ import numpy.typing as npt
 from longtail.common.v1 import common_pb2
 from services.embeddings.tritonserver import load_model_module
 from services.ranking.scorer import recency_weights
+from services.ranking.torch_training import peak_rss_mb
 from services.ranking.user_tower import (
     UserTowerConfig,
     UserTowerReport,
     history_arrays,
-    peak_rss_mb,
     time_ordered_histories,
     train_user_tower,
 )
@@ -56,7 +56,9 @@ from services.suite.indexing import item_text
 
 log = logging.getLogger("benchmarks.user_tower")
 
-DEFAULT_DATA = Path("/work/shared/datasets/movielens-latest-small")
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "datasets" / "movielens-latest-small"
+)
 DEFAULT_CACHE = Path("/tmp/user-tower/vectors")
 KS = (10, 20)
 HALF_LIFE = 10.0  # ranking's ScorerConfig.history_half_life

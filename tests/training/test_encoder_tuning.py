@@ -22,7 +22,13 @@ from services.training.encoder import (
     fine_tune_encoder,
 )
 
-MOVIES = Path("/work/shared/datasets/movielens-latest-small/movies.csv")
+MOVIES = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "datasets"
+    / "movielens-latest-small"
+    / "movies.csv"
+)
 WORDS = [
     "harbor", "violin", "glacier", "orchard", "lantern", "meteor", "canyon", "ledger",
     "falcon", "quartz", "saddle", "tundra", "anchor", "bamboo", "comet", "dune",
