@@ -19,7 +19,6 @@ the test. Vectors come from ``model.py``'s ``Encoder`` (ONNX runtime, as served)
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
 import logging
@@ -30,7 +29,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from rich.console import Console
 
+from benchmarks.tables import emit_table, write_csv
 from longtail.common.v1 import common_pb2
 from services.embeddings.tritonserver import load_model_module
 from services.ranking.torch_training import peak_rss_mb
@@ -248,14 +249,15 @@ def write_tables(results: Mapping[str, Any], out: Path) -> None:
             ["fine-tuned", run["part"], label] + [_cell(run["scores"].get(c)) for c in columns]
         )
     header = ["encoder", "part", "config", *columns]
-    with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(lines)
-    print("| " + " | ".join(header) + " |")
-    print("| " + " | ".join("---" for _ in header) + " |")
-    for line in lines:
-        print("| " + " | ".join(line) + " |")
+    write_csv(out / "results.csv", header, lines)
+    emit_table(
+        Console(),
+        "content-only with the frozen and the fine-tuned encoder",
+        header,
+        lines,
+        left=("encoder", "part", "config"),
+        echo_markdown=True,
+    )
 
 
 def _cell(value: float | None) -> str:

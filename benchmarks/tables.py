@@ -1,8 +1,10 @@
-"""One way for every benchmark to show a table: rich on the terminal, Markdown to keep."""
+"""One way for every benchmark to show a table: rich on the terminal, Markdown to keep, CSV."""
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -31,3 +33,11 @@ def emit_table(
     if echo_markdown:
         print(text, flush=True)
     return text
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """The same table as CSV (one header line, then the rows)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)

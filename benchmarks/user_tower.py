@@ -23,7 +23,6 @@ part is never looked at while choosing.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -35,7 +34,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from rich.console import Console
 
+from benchmarks.tables import emit_table, write_csv
 from longtail.common.v1 import common_pb2
 from services.embeddings.tritonserver import load_model_module
 from services.ranking.scorer import recency_weights
@@ -348,27 +349,41 @@ def write_tables(results: Mapping[str, Any], out: Path) -> None:
         [row["part"], row["method"], row["config"], *(f"{row[c]:.4f}" for c in columns)]
         for row in results["rows"]
     ]
-    with (out / "results.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(lines)
-    print("| " + " | ".join(header) + " |")
-    print("| " + " | ".join("---" for _ in header) + " |")
-    for line in lines:
-        print("| " + " | ".join(line) + " |")
-    print()
-    print(
-        "| part | config | steps | epochs | examples | seconds | peak RSS MB | loss first -> last |"
+    write_csv(out / "results.csv", header, lines)
+    console = Console()
+    emit_table(
+        console,
+        "retrieval by the user vector",
+        header,
+        lines,
+        left=("part", "method", "config"),
+        echo_markdown=True,
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    cost_header = ["part", "config", "steps", "epochs", "examples", "seconds", "peak RSS MB"]
+    cost_header.append("loss first -> last")
+    cost_lines = []
     for run in results["training"]:
         r = run["report"]
-        config = UserTowerConfig(**run["config"])
-        print(
-            f"| {run['part']} | {label(config)} | {r['steps']} | {r['epochs']:.2f} | "
-            f"{r['examples']} | {r['seconds']:.0f} | {r['peak_rss_mb']:.0f} | "
-            f"{r['loss_first']:.3f} -> {r['loss_last']:.3f} |"
+        cost_lines.append(
+            [
+                run["part"],
+                label(UserTowerConfig(**run["config"])),
+                str(r["steps"]),
+                f"{r['epochs']:.2f}",
+                str(r["examples"]),
+                f"{r['seconds']:.0f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}",
+            ]
         )
+    emit_table(
+        console,
+        "training cost",
+        cost_header,
+        cost_lines,
+        left=("part", "config", "loss first -> last"),
+        echo_markdown=True,
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,18 @@ class World:
     def interactions(self) -> list[tuple[str, str, float]]:
         return [(u, i, 1.0) for u, (_, items) in self.users.items() for i in items]
 
+    def timed_batch(self) -> InteractionBatch:
+        """Every interaction, one per (user, position), timestamped by its position in the
+        user's history (the learned ranker's time split needs times)."""
+        rows = [
+            (user, item, float(t))
+            for user, (_, items) in self.users.items()
+            for t, item in enumerate(items)
+        ]
+        return InteractionBatch(
+            [r[0] for r in rows], [r[1] for r in rows], [1.0] * len(rows), [r[2] for r in rows]
+        )
+
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(self.item_ids, 0)
         for _, item, _ in self.interactions():

@@ -15,7 +15,6 @@ from services.ranking.catalog import CatalogSnapshot, build_snapshot
 from services.ranking.collaborative import (
     AlsParams,
     CollaborativeModel,
-    InteractionBatch,
     train_als,
 )
 from services.ranking.index import IndexParams
@@ -98,20 +97,9 @@ def snapshot(world: World) -> CatalogSnapshot:
     return build_snapshot(world.items(), world.stats(), IndexParams())
 
 
-def timed_batch(world: World) -> InteractionBatch:
-    rows = [
-        (user, item, float(t))
-        for user, (_, items) in world.users.items()
-        for t, item in enumerate(items)
-    ]
-    return InteractionBatch(
-        [r[0] for r in rows], [r[1] for r in rows], [1.0] * len(rows), [r[2] for r in rows]
-    )
-
-
 @pytest.fixture(scope="module")
 def ranker(world: World, snapshot: CatalogSnapshot) -> LearnedRanker:
-    fitted = train_ranker(snapshot, [timed_batch(world)], ALS, ScorerConfig(), IndexParams())
+    fitted = train_ranker(snapshot, [world.timed_batch()], ALS, ScorerConfig(), IndexParams())
     assert fitted is not None
     return fitted
 
@@ -119,14 +107,14 @@ def ranker(world: World, snapshot: CatalogSnapshot) -> LearnedRanker:
 def test_training_on_the_time_split_is_deterministic(
     world: World, snapshot: CatalogSnapshot, ranker: LearnedRanker
 ) -> None:
-    again = train_ranker(snapshot, [timed_batch(world)], ALS, ScorerConfig(), IndexParams())
+    again = train_ranker(snapshot, [world.timed_batch()], ALS, ScorerConfig(), IndexParams())
     assert again is not None
     assert np.array_equal(again.weights, ranker.weights)
     assert ranker.info["users"] > 0 and ranker.info["positives"] > 0
 
 
 def test_no_timestamps_means_no_ranker(world: World, snapshot: CatalogSnapshot) -> None:
-    batch = dataclasses.replace(timed_batch(world), timestamps=None)
+    batch = dataclasses.replace(world.timed_batch(), timestamps=None)
     assert train_ranker(snapshot, [batch], ALS, ScorerConfig(), IndexParams()) is None
 
 
@@ -134,14 +122,14 @@ def test_too_few_interactions_per_user_means_no_ranker(
     world: World, snapshot: CatalogSnapshot
 ) -> None:
     params = RankerTrainingParams(min_interactions=1000)
-    batches = [timed_batch(world)]
+    batches = [world.timed_batch()]
     assert train_ranker(snapshot, batches, ALS, ScorerConfig(), IndexParams(), params) is None
 
 
 def test_the_ranker_orders_the_candidates(
     world: World, snapshot: CatalogSnapshot, ranker: LearnedRanker
 ) -> None:
-    batch = timed_batch(world)
+    batch = world.timed_batch()
     model = train_als([batch], ALS)
     view = CollaborativeView.build(model, snapshot)
     _, items = world.users["user-0003"]
@@ -159,7 +147,7 @@ def test_the_ranker_orders_the_candidates(
 def test_the_ranker_is_stored_and_loaded_with_the_model(
     tmp_path: Path, world: World, ranker: LearnedRanker
 ) -> None:
-    model = train_als([timed_batch(world)], ALS, version="with-ranker")
+    model = train_als([world.timed_batch()], ALS, version="with-ranker")
     model.ranker = ranker
     store = LocalFolderStore(tmp_path)
     save_bundle(store, model, code_version="test")
@@ -173,7 +161,7 @@ def test_the_ranker_is_stored_and_loaded_with_the_model(
 def test_without_a_ranker_artefact_serving_falls_back_to_the_blend(
     tmp_path: Path, world: World, snapshot: CatalogSnapshot
 ) -> None:
-    model = train_als([timed_batch(world)], ALS, version="plain")
+    model = train_als([world.timed_batch()], ALS, version="plain")
     store = LocalFolderStore(tmp_path)
     save_bundle(store, model, code_version="test")
     loaded: CollaborativeModel = load_bundle(store, "plain")[1]
@@ -191,7 +179,7 @@ def test_a_ranker_fitted_on_other_features_makes_the_bundle_incompatible(
     tmp_path: Path, world: World, ranker: LearnedRanker
 ) -> None:
     """Refused whole (the replica keeps its previous model) rather than served half."""
-    model = train_als([timed_batch(world)], ALS, version="other-features")
+    model = train_als([world.timed_batch()], ALS, version="other-features")
     model.ranker = dataclasses.replace(
         ranker, feature_names=tuple(f"old_{name}" for name in ranker.feature_names)
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.ranking.catalog import build_snapshot
-from services.ranking.collaborative import AlsParams, InteractionBatch, train_als
+from services.ranking.collaborative import AlsParams, train_als
 from services.ranking.index import IndexParams
 from services.ranking.learned import LearnedRanker
 from services.ranking.scorer import (
@@ -28,17 +28,6 @@ ALS = AlsParams(factors=16, iterations=8)
 CONFIG = ScorerConfig(min_tail_share=0.0, min_cold_share=0.2)
 
 
-def _batch(world: World) -> InteractionBatch:
-    rows = [
-        (user, item, float(t))
-        for user, (_, items) in world.users.items()
-        for t, item in enumerate(items)
-    ]
-    return InteractionBatch(
-        [r[0] for r in rows], [r[1] for r in rows], [1.0] * len(rows), [r[2] for r in rows]
-    )
-
-
 def test_the_simulated_cold_items_depend_on_the_seed_and_the_set_only() -> None:
     items = [f"item-{i}" for i in range(101)]
     chosen = simulated_cold_items(items, 0.1, seed=3)
@@ -52,7 +41,7 @@ def _fit(world: World, share: float) -> LearnedRanker:
     snapshot = build_snapshot(world.items(), world.stats(), IndexParams())
     ranker = train_ranker(
         snapshot,
-        [_batch(world)],
+        [world.timed_batch()],
         ALS,
         CONFIG,
         IndexParams(),
@@ -80,7 +69,7 @@ def test_relevant_cold_items_rank_higher_when_the_ranker_saw_cold_positives() ->
     without = _fit(world, 0.0)
     with_cold = _fit(world, 0.2)
     snapshot = build_snapshot(world.items(), world.stats(), IndexParams())
-    model = train_als([_batch(world)], ALS)
+    model = train_als([world.timed_batch()], ALS)
     view = CollaborativeView.build(model, snapshot)
     category = dict(zip(world.item_ids, world.item_category, strict=True))
     counts = world.counts()

@@ -10,7 +10,7 @@ import pytest
 from services.common.artifacts import LocalFolderStore
 from services.ranking.bundle import TOWER_KIND, load_bundle, save_bundle
 from services.ranking.catalog import CatalogSnapshot, build_snapshot
-from services.ranking.collaborative import AlsParams, InteractionBatch
+from services.ranking.collaborative import AlsParams
 from services.ranking.index import IndexParams
 from services.ranking.learned import FEATURE_NAMES
 from services.ranking.scorer import (
@@ -28,17 +28,6 @@ CONFIG = ScorerConfig()
 TOWER = FEATURE_NAMES.index("tower_user")
 
 
-def _batch(world: World) -> InteractionBatch:
-    rows = [
-        (user, item, float(t))
-        for user, (_, items) in world.users.items()
-        for t, item in enumerate(items)
-    ]
-    return InteractionBatch(
-        [r[0] for r in rows], [r[1] for r in rows], [1.0] * len(rows), [r[2] for r in rows]
-    )
-
-
 @pytest.fixture(scope="module")
 def world() -> World:
     return make_world()
@@ -51,7 +40,9 @@ def snapshot(world: World) -> CatalogSnapshot:
 
 @pytest.fixture(scope="module")
 def fitted(world: World, snapshot: CatalogSnapshot) -> FittedModels:
-    return fit_models(snapshot, [_batch(world)], ALS, CONFIG, IndexParams(), RankerTrainingParams())
+    return fit_models(
+        snapshot, [world.timed_batch()], ALS, CONFIG, IndexParams(), RankerTrainingParams()
+    )
 
 
 def test_the_tower_is_fitted_with_the_ranker(fitted: FittedModels) -> None:
@@ -62,7 +53,12 @@ def test_the_tower_is_fitted_with_the_ranker(fitted: FittedModels) -> None:
 
 def test_without_the_tower_its_features_are_zero(world: World, snapshot: CatalogSnapshot) -> None:
     off = fit_models(
-        snapshot, [_batch(world)], ALS, CONFIG, IndexParams(), RankerTrainingParams(tower=False)
+        snapshot,
+        [world.timed_batch()],
+        ALS,
+        CONFIG,
+        IndexParams(),
+        RankerTrainingParams(tower=False),
     )
     assert off.model.tower is None and off.model.ranker is not None
     assert off.model.ranker.info["tower"] is False
