@@ -53,7 +53,7 @@ from longtail.ranking.v1 import ranking_service_pb2
 from longtail_client.client import LongtailClient
 from services.suite import datasets
 from services.suite.indexing import index_catalogue
-from services.suite.local import LocalSuite, SuiteConfig
+from services.suite.local import LocalSuite, SuiteConfig, parse_service_env
 
 console = Console()
 
@@ -479,7 +479,10 @@ def enable_profiling(folder: str) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="longtail-bench-"))
-    async with LocalSuite(SuiteConfig(workdir=workdir, database_url=args.database_url)) as suite:
+    config = SuiteConfig(
+        workdir=workdir, database_url=args.database_url, extra_env=parse_service_env(args.env)
+    )
+    async with LocalSuite(config) as suite:
         client = LongtailClient(suite.targets, timeout_seconds=60)
         try:
             dataset = await prepare(client, args)
@@ -580,6 +583,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--database-url",
         help="the profiles store (default: SQLite in a temporary folder), e.g. "
         "postgresql+psycopg://postgres@127.0.0.1:5432/bench (an empty database)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="SERVICE:NAME=VALUE",
+        help="extra environment for one service, e.g. ranking:LONGTAIL_RANKING_USER_TOWER=false "
+        "(an A/B of a setting: run twice, once with it)",
     )
     parser.add_argument(
         "--profile", help="folder: each service writes a cProfile dump there when the suite stops"

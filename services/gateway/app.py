@@ -58,28 +58,26 @@ def build_with(
     on_close: Sequence[grpc.aio.Channel] = (),
 ) -> ServiceDefinition:
     """The gateway over any ports (tests put fakes or hanging servers behind some of them), with
-    ``config`` instead of the one ``settings`` give when set. Starts the background task that fills
-    the item info cache once and then refreshes the fallback list; it stops with the service, as
-    do the channels in ``on_close``."""
+    ``config`` instead of the one ``settings`` give when set. Starts the background task that
+    refreshes the fallback list and fills the item info cache with the catalogue items it lacks
+    (``RecommendPipeline.refresh_catalogue``); it stops with the service, as do the channels in
+    ``on_close``."""
     metrics = RecommenderMetrics()
     pipeline = RecommendPipeline(
         profiles, ranking, exposure, config or pipeline_config(settings), metrics
     )
 
-    async def refresh_fallback() -> None:
-        try:
-            filled = await pipeline.items.prefill()
-            log.info("item info cache filled", extra={"fields": {"items": filled}})
-        except Exception as error:  # the store may be down: items are then read as served
-            log.warning("item info prefill failed", extra={"fields": {"error": str(error)}})
+    async def refresh_catalogue() -> None:
         while True:
             try:
-                await pipeline.fallback.refresh()
-            except Exception as error:  # the store may be down; keep the last list
-                log.warning("fallback refresh failed", extra={"fields": {"error": str(error)}})
+                added = await pipeline.refresh_catalogue()
+                if added:
+                    log.info("item info cache filled", extra={"fields": {"items": added}})
+            except Exception as error:  # the store may be down; keep the last list and cache
+                log.warning("catalogue refresh failed", extra={"fields": {"error": str(error)}})
             await asyncio.sleep(settings.fallback_refresh_seconds)
 
-    refresher = asyncio.create_task(refresh_fallback())
+    refresher = asyncio.create_task(refresh_catalogue())
 
     async def close() -> None:
         refresher.cancel()

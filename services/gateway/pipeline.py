@@ -115,19 +115,24 @@ class ItemInfoCache:
     def __len__(self) -> int:
         return len(self._items)
 
-    async def prefill(self, timeout: float = 30.0, page_size: int = 1000) -> int:
-        """Reads the catalogue's titles and categories until the cache is full (once, at start):
-        otherwise every not-yet-served item costs a store read on the request path, and a
-        long-tail policy keeps serving items no one was served before. Returns how many."""
-        token = ""
-        while len(self._items) < self._capacity:
-            page, token = await self._profiles.list_items(page_size, token, timeout)
-            for item in page:
+    async def fill(self, item_ids: Sequence[str], timeout: float, batch: int = 1000) -> int:
+        """Reads the titles and categories of the ``item_ids`` not cached yet, while there is room
+        (the catalogue refresh passes every item id it read): otherwise every not-yet-served
+        item costs a store read on the request path, and a long-tail policy keeps serving items no
+        one was served before. Returns how many were added."""
+        added = 0
+        missing = [item_id for item_id in item_ids if item_id not in self._items]
+        for start in range(0, len(missing), batch):
+            room = self._capacity - len(self._items)
+            if room <= 0:
+                break
+            for item in await self._profiles.get_items(
+                missing[start : start + min(batch, room)], timeout
+            ):
                 if item.item_id not in self._items:
                     self.put(item.item_id, ItemInfo(item.title, tuple(item.categories)))
-            if not token:
-                break
-        return len(self._items)
+                    added += 1
+        return added
 
     async def lookup(self, item_ids: Sequence[str], timeout: float) -> dict[str, ItemInfo]:
         missing = [item_id for item_id in item_ids if item_id not in self._items]
@@ -149,12 +154,20 @@ class FallbackList:
         # The popularity version the lists were made from: a refresh re-reads the catalogue's
         # stats only when it moved (at 100k items a full read costs profiles tens of CPU-ms).
         self._version = ""
+        # Every catalogue item id of the last full read (the item info cache fills from them).
+        self.item_ids: tuple[str, ...] = ()
 
-    async def refresh(self, timeout: float = 10.0) -> None:
+    @property
+    def version(self) -> str:
+        """The popularity version of the last full read ("" before one)."""
+        return self._version
+
+    async def refresh(self, timeout: float = 10.0) -> bool:
+        """Re-reads the catalogue's stats when their version moved; True when it did."""
         stats: list[common_pb2.ItemStats] = []
         first = await self._profiles.list_item_stats(10_000, "", timeout, self._version)
         if first.unchanged:
-            return
+            return False
         stats.extend(first.stats)
         token = first.next_page_token
         while token:
@@ -168,7 +181,9 @@ class FallbackList:
         # Spread the tail picks over the whole tail (cold items included), not just its top.
         step = max(1, len(tail) // half)
         self.tail = tail[::step][:half]
+        self.item_ids = tuple(s.item_id for s in stats)
         self._version = first.popularity_version
+        return True
 
     def items(self, k: int, exclude: set[str], request_id: str) -> list[common_pb2.RankedItem]:
         """Alternate head and tail items; the tail rotation depends on the request."""
@@ -257,6 +272,20 @@ class RecommendPipeline:
         self._config = config
         self.items = ItemInfoCache(profiles, config.title_cache_size)
         self.fallback = FallbackList(profiles, config.fallback_size)
+        # The fallback version whose item ids are all in the item info cache (or it is full).
+        self._filled_version = ""
+
+    async def refresh_catalogue(self, timeout: float = 30.0) -> int:
+        """The background refresh: the fallback list when the catalogue's stats moved, then the
+        item info of every catalogue item not cached yet (new items, or all of them after a
+        start on an empty store). A fill cut short (store down) is redone next time even when the
+        version holds. Returns how many items were added to the cache."""
+        await self.fallback.refresh(timeout)
+        if self._filled_version == self.fallback.version:
+            return 0
+        added = await self.items.fill(self.fallback.item_ids, timeout)
+        self._filled_version = self.fallback.version
+        return added
 
     async def recommend(
         self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline

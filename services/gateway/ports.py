@@ -53,12 +53,6 @@ class ProfilesPort(Protocol):
 
     async def get_items(self, item_ids: Sequence[str], timeout: float) -> list[common_pb2.Item]: ...
 
-    async def list_items(
-        self, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[common_pb2.Item], str]:
-        """One page of the catalogue (no vectors) and the next page's token ("" after the last)."""
-        ...
-
     async def get_item_stats(
         self, item_ids: Sequence[str], timeout: float
     ) -> list[common_pb2.ItemStats]: ...
@@ -159,13 +153,6 @@ class GrpcProfiles:
         request = profiles_service_pb2.GetItemsRequest(item_ids=item_ids)
         response = await _call(self._stub.GetItems, request, timeout, "profiles")
         return list(response.items)
-
-    async def list_items(
-        self, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[common_pb2.Item], str]:
-        request = profiles_service_pb2.ListItemsRequest(page_size=page_size, page_token=page_token)
-        response = await _call(self._stub.ListItems, request, timeout, "profiles")
-        return list(response.items), response.next_page_token
 
     async def get_item_stats(
         self, item_ids: Sequence[str], timeout: float

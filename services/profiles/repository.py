@@ -76,6 +76,12 @@ _COUNTERS_VERSION = sa.select(
     sa.select(sa.func.max(interactions_t.c.id)).scalar_subquery(),
     sa.select(sa.func.count()).select_from(counters_t).scalar_subquery(),
 )
+# The impressions of one request_id (every Recommend's replay check reads it).
+_REQUEST_IMPRESSIONS = (
+    sa.select(impressions_t)
+    .where(impressions_t.c.request_id == sa.bindparam("request_id"))
+    .order_by(impressions_t.c.position)
+)
 _COUNTERS = sa.select(
     counters_t.c.item_id,
     counters_t.c.interaction_count,
@@ -560,11 +566,7 @@ class Repository:
         return RequestState(stored, user_exists)
 
     def list_impressions(self, session: Session, request_id: str) -> list[ImpressionRecord]:
-        stmt = (
-            sa.select(impressions_t)
-            .where(impressions_t.c.request_id == request_id)
-            .order_by(impressions_t.c.position)
-        )
+        rows = session.connection().execute(_REQUEST_IMPRESSIONS, {"request_id": request_id})
         return [
             ImpressionRecord(
                 request_id=row.request_id,
@@ -577,7 +579,7 @@ class Repository:
                 score=row.score,
                 served_at=row.served_at,
             )
-            for row in session.execute(stmt)
+            for row in rows
         ]
 
     # ---------------------------------------------------------------- counters

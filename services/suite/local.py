@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -90,6 +90,19 @@ class PortInUseError(RuntimeError):
             "Stop that process (another `longtail up`?), or run with --free-ports so that "
             "every service takes a free port."
         )
+
+
+def parse_service_env(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``SERVICE:NAME=VALUE`` pairs (the ``--env`` option of eval and the benchmarks) as
+    ``SuiteConfig.extra_env``; SystemExit names a malformed pair."""
+    env: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        service, colon, assignment = pair.partition(":")
+        name, equals, value = assignment.partition("=")
+        if not colon or not equals or not service or not name:
+            raise SystemExit(f"--env takes SERVICE:NAME=VALUE, got {pair!r}")
+        env.setdefault(service, {})[name] = value
+    return env
 
 
 @dataclass

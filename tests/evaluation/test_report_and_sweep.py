@@ -81,16 +81,16 @@ def test_outputs_hold_every_row_and_metric(tmp_path: Path) -> None:
 
 def test_cli_parses_eval_and_service_environment() -> None:
     from services.suite.cli import COMMANDS, build_parser
-    from services.suite.evaluation.command import _service_env
+    from services.suite.local import parse_service_env
 
     args = build_parser().parse_args(
         ["eval", "data", "--full", "--env", "ranking:LONGTAIL_RANKING_KAPPA=5", "--seed", "3"]
     )
     assert args.command == "eval" and args.full and args.seed == 3 and args.split == "user"
     assert "eval" in COMMANDS
-    assert _service_env(args.env) == {"ranking": {"LONGTAIL_RANKING_KAPPA": "5"}}
+    assert parse_service_env(args.env) == {"ranking": {"LONGTAIL_RANKING_KAPPA": "5"}}
     with pytest.raises(SystemExit):
-        _service_env(["ranking-no-colon"])
+        parse_service_env(["ranking-no-colon"])
 
 
 def test_subset_keeps_the_users_their_items_and_some_cold_ones() -> None:

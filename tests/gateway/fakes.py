@@ -128,15 +128,6 @@ class FakeProfiles:
         self._check("get_items")
         return [self.items[i] for i in item_ids if i in self.items]
 
-    async def list_items(
-        self, page_size: int, page_token: str, timeout: float
-    ) -> tuple[list[common_pb2.Item], str]:
-        self._check("list_items")
-        ids = sorted(self.items)
-        start = int(page_token or 0)
-        end = start + page_size
-        return [self.items[i] for i in ids[start:end]], str(end) if end < len(ids) else ""
-
     async def get_item_stats(
         self, item_ids: Sequence[str], timeout: float
     ) -> list[common_pb2.ItemStats]:

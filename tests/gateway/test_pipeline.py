@@ -9,7 +9,7 @@ import pytest
 
 from longtail.common.v1 import common_pb2
 from longtail.gateway.v1 import gateway_service_pb2, gateway_service_pb2_grpc
-from services.common.errors import DeadlineExceeded, Unavailable, error_info
+from services.common.errors import DeadlineExceeded, ServiceError, Unavailable, error_info
 from services.common.observability import RecommenderMetrics
 from services.common.server import RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings
@@ -395,20 +395,50 @@ async def test_ranking_reporting_degraded_candidates_marks_the_answer_and_counts
     assert suite.count(cause, cause="FALLBACK") == 1
 
 
-async def test_item_info_prefill_reads_the_catalogue_up_to_capacity_then_serves_without_reads() -> (
-    None
-):
+async def test_item_info_fill_reads_only_what_is_missing_up_to_capacity() -> None:
     profiles = FakeProfiles(n_items=40)
     full = ItemInfoCache(profiles, capacity=100)
-    assert await full.prefill(page_size=7) == 40  # six pages of seven and the rest
-    assert profiles.calls["list_items"] == 6
+    await full.lookup(["i3"], timeout=1.0)  # one item read on the request path
+    assert profiles.calls["get_items"] == 1
+    ids = sorted(profiles.items)
+    assert await full.fill(ids, timeout=1.0, batch=7) == 39  # the 39 others, six batches
+    assert profiles.calls["get_items"] == 7
     info = await full.lookup(["i3", "i39"], timeout=1.0)
-    assert info["i3"].title == profiles.items["i3"].title
-    assert profiles.calls["get_items"] == 0  # answered from the prefilled cache
+    assert info["i39"].title == profiles.items["i39"].title
+    assert profiles.calls["get_items"] == 7  # answered from the cache
+    assert await full.fill(ids, timeout=1.0) == 0 and profiles.calls["get_items"] == 7
     # A cache smaller than the catalogue stops reading once full.
     small = ItemInfoCache(FakeProfiles(n_items=40), capacity=10)
-    assert await small.prefill(page_size=4) == 10
+    assert await small.fill(ids, timeout=1.0, batch=4) == 10
     assert len(small) == 10
+
+
+async def test_catalogue_refresh_caches_new_items_and_redoes_a_fill_cut_short() -> None:
+    # The gateway started on an empty store (as the benchmarks start it): nothing to cache yet.
+    profiles = FakeProfiles(n_items=0)
+    pipeline = RecommendPipeline(
+        profiles, FakeRanking(profiles), FakeExposure(), PipelineConfig()
+    )
+    assert await pipeline.refresh_catalogue() == 0
+    # The catalogue is loaded: the next refresh sees the version move and caches every item.
+    loaded = FakeProfiles(n_items=30)
+    profiles.items, profiles.stats = loaded.items, loaded.stats
+    assert await pipeline.refresh_catalogue() == 30
+    info = await pipeline.items.lookup(["i0", "i29"], timeout=1.0)
+    assert info["i29"].title == "Item 29" and profiles.calls["get_items"] == 1
+    # A new item whose fill fails (store down for that read) is cached by the next refresh,
+    # although the stats' version has not moved since.
+    profiles.items["new"] = common_pb2.Item(item_id="new", title="New")
+    profiles.stats["new"] = common_pb2.ItemStats(item_id="new", is_tail=True, is_cold=True)
+    profiles.failing.add("get_items")
+    with pytest.raises(ServiceError):
+        await pipeline.refresh_catalogue()
+    profiles.failing.clear()
+    assert await pipeline.refresh_catalogue() == 1
+    reads = profiles.calls["get_items"]
+    assert (await pipeline.items.lookup(["new"], timeout=1.0))["new"].title == "New"
+    assert profiles.calls["get_items"] == reads
+    assert await pipeline.refresh_catalogue() == 0 and profiles.calls["get_items"] == reads
 
 
 async def test_fallback_refresh_rereads_the_stats_only_when_their_version_moved() -> None:

@@ -59,22 +59,12 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _service_env(pairs: list[str]) -> dict[str, dict[str, str]]:
-    env: dict[str, dict[str, str]] = {}
-    for pair in pairs:
-        service, colon, assignment = pair.partition(":")
-        name, equals, value = assignment.partition("=")
-        if not colon or not equals or not service or not name:
-            raise SystemExit(f"--env takes SERVICE:NAME=VALUE, got {pair!r}")
-        env.setdefault(service, {})[name] = value
-    return env
-
-
 async def cmd_eval(args: argparse.Namespace) -> None:
     from rich.console import Console
 
     from services.suite import datasets
     from services.suite.evaluation.runner import EvalConfig, run_evaluation, subset
+    from services.suite.local import parse_service_env
 
     folder = Path(args.path)
     fmt = args.format
@@ -99,7 +89,7 @@ async def cmd_eval(args: argparse.Namespace) -> None:
         concurrency=args.concurrency,
         timeout=args.timeout,
         progress=not args.no_progress,
-        suite_env=_service_env(args.env),
+        suite_env=parse_service_env(args.env),
         triton_url=args.triton_url,
         tune_encoder=args.tune_encoder,
         encoder_steps=args.encoder_steps,
