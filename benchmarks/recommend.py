@@ -34,7 +34,7 @@ import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,77 +178,90 @@ async def open_loop(
     )
 
 
-async def per_hop(client: LongtailClient, users: list[str], calls: int, k: int) -> list[Row]:
-    """Each hop of the pipeline called directly, one call at a time, with realistic inputs."""
+async def per_hop(
+    client: LongtailClient, suite: LocalSuite, users: list[str], calls: int, k: int
+) -> list[Row]:
+    """Each hop of the pipeline called directly, one call at a time, with realistic inputs: one
+    hop after the other, ``calls`` times each, so that every row also says what one call of that
+    hop costs each process (the callee's CPU beside the caller's, "load gen"). The inputs of a
+    hop are the previous hop's answers to the same users."""
     rng = random.Random(7)
-    samples: dict[str, list[float]] = {
-        "profiles.GetUserProfile": [],
-        "ranking.RankCandidates": [],
-        "exposure.Rerank": [],
-        "profiles.RecordImpressions": [],
-        "gateway.Recommend (all hops)": [],
-    }
+    chosen = [rng.choice(users) for _ in range(calls)]
+    groups = suite.group_members()
+    rows: list[Row] = []
 
-    def record(name: str, started: float) -> None:
-        samples[name].append((time.perf_counter() - started) * 1000)
+    async def hop(name: str, call: Callable[[int], Awaitable[Any]]) -> list[Any]:
+        answers: list[Any] = []
+        latencies: list[float] = []
+        before = CpuSnapshot.take(groups)
+        began = time.perf_counter()
+        for n in range(calls):
+            started = time.perf_counter()
+            answers.append(await call(n))
+            latencies.append((time.perf_counter() - started) * 1000)
+        row = Row("hop", name, calls, calls, 0, 0, time.perf_counter() - began, latencies)
+        row.cpu_ms = before.per_request_ms(CpuSnapshot.take(groups), calls)
+        rows.append(row)
+        return answers
 
-    for n in range(calls):
-        user = rng.choice(users)
-        started = time.perf_counter()
-        profile = (
-            await client.profiles.GetUserProfile(
-                profiles_service_pb2.GetUserProfileRequest(user_id=user, history_limit=500),
+    profiles = [
+        answer.profile
+        for answer in await hop(
+            "profiles.GetUserProfile",
+            lambda n: client.profiles.GetUserProfile(
+                profiles_service_pb2.GetUserProfileRequest(user_id=chosen[n], history_limit=500),
                 timeout=5,
-            )
-        ).profile
-        record("profiles.GetUserProfile", started)
-        started = time.perf_counter()
-        ranked = await client.ranking.RankCandidates(
+            ),
+        )
+    ]
+    ranked = await hop(
+        "ranking.RankCandidates",
+        lambda n: client.ranking.RankCandidates(
             ranking_service_pb2.RankCandidatesRequest(
-                user_id=user,
-                history=profile.history,
+                user_id=chosen[n],
+                history=profiles[n].history,
                 candidate_count=100,
-                exclude_item_ids=profile.seen_item_ids,
+                exclude_item_ids=profiles[n].seen_item_ids,
             ),
             timeout=5,
-        )
-        record("ranking.RankCandidates", started)
-        started = time.perf_counter()
-        reranked = await client.exposure.Rerank(
+        ),
+    )
+    reranked = await hop(
+        "exposure.Rerank",
+        lambda n: client.exposure.Rerank(
             exposure_service_pb2.RerankRequest(
                 request_id=f"hop-{n}",
-                user_id=user,
-                candidates=ranked.candidates,
+                user_id=chosen[n],
+                candidates=ranked[n].candidates,
                 k=k,
-                tail_propensity=profile.tail_propensity,
-                category_mix=profile.category_mix,
+                tail_propensity=profiles[n].tail_propensity,
+                category_mix=profiles[n].category_mix,
             ),
             timeout=5,
-        )
-        record("exposure.Rerank", started)
-        hop_request_id = f"bench-hop-{time.time_ns()}"  # one request_id per served list
-        impressions = [
-            common_pb2.Impression(
-                request_id=hop_request_id,
-                position=item.position,
-                user_id=user,
-                item_id=item.item_id,
-                policy_name="bench",
-                reason=item.reason,
-            )
-            for item in reranked.items
-        ]
-        started = time.perf_counter()
-        await client.profiles.RecordImpressions(
-            profiles_service_pb2.RecordImpressionsRequest(impressions=impressions), timeout=5
-        )
-        record("profiles.RecordImpressions", started)
-        started = time.perf_counter()
-        await client.recommend(user, k, timeout=5)
-        record("gateway.Recommend (all hops)", started)
-    return [
-        Row("hop", name, calls, calls, 0, 0, sum(ms) / 1000, ms) for name, ms in samples.items()
-    ]
+        ),
+    )
+    run = time.time_ns()  # one request_id per served list
+    await hop(
+        "profiles.RecordImpressions",
+        lambda n: client.profiles.RecordImpressions(
+            profiles_service_pb2.RecordImpressionsRequest(
+                impressions=[
+                    common_pb2.Impression(
+                        request_id=f"bench-hop-{run}-{n}",
+                        position=item.position,
+                        user_id=chosen[n],
+                        item_id=item.item_id,
+                        policy_name="bench",
+                        reason=item.reason,
+                    )
+                    for item in reranked[n].items
+                ]
+            ),
+            timeout=5,
+        ),
+    )
+    await hop("gateway.Recommend (all hops)", lambda n: client.recommend(chosen[n], k, timeout=5))
+    return rows
 
 
 def synthetic_vectors(
@@ -478,7 +491,13 @@ def enable_profiling(folder: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="longtail-bench-"))
+    # The suite's state (a SQLite store of the whole catalogue: ~250 MB at 100k items) goes with
+    # the run.
+    with tempfile.TemporaryDirectory(prefix="longtail-bench-", ignore_cleanup_errors=True) as temp:
+        return await run(args, Path(temp))
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> None:
     config = SuiteConfig(
         workdir=workdir, database_url=args.database_url, extra_env=parse_service_env(args.env)
     )
@@ -511,7 +530,7 @@ async def main(args: argparse.Namespace) -> None:
                 rows.append(
                     await measured(suite, open_loop(client, workload, rate, args.seconds, args.k))
                 )
-            hops = await per_hop(client, users, args.hop_calls, args.k)
+            hops = await per_hop(client, suite, users, args.hop_calls, args.k)
             floor_result = None
             if args.floor_requests > 0:
                 # The same pipeline's domain code in this process, on the same store and catalogue.
@@ -534,6 +553,9 @@ async def main(args: argparse.Namespace) -> None:
     if floor_result is not None:
         text = f"{text}\n\n{print_floor_table(floor_result)}"
     hop_text = print_table(hops, "Per hop, sequential direct calls")
+    hop_text = f"{hop_text}\n\n" + print_cpu_table(
+        hops, "CPU-ms per call of each hop, per process (the caller is the load generator)"
+    )
     if args.out:
         await asyncio.to_thread(
             write_outputs,
