@@ -106,6 +106,7 @@ async def build(settings: EmbeddingsSettings) -> ServiceDefinition:
                 client,
                 _model_dir(repository, settings.model_name),
                 metrics,
+                versions_kept=settings.encoder_versions_kept,
             ),
             client,
             embedder,

@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from services.common.artifacts import StoreSettings
+from services.common.settings import SettingsError
 
 ENV_PREFIX = "LONGTAIL_EMBEDDINGS_"
 DEFAULT_PORT = 50052
@@ -39,6 +40,11 @@ class EmbeddingsSettings:
     # published encoders are installed as version folders; with manage_triton, the managed
     # server's. Empty: a published version is served only when Triton already has it.
     triton_repository: Path | None = None
+    # Fine-tuned versions kept installed (Triton loads every version folder: each costs a copy of
+    # the encoder in its memory), at least 2: the served one, the one served before it, then the
+    # newest others up to this count; older folders are removed and unloaded after a switch (a
+    # rollback to one installs it again from the artefact store). The base version 1 stays.
+    encoder_versions_kept: int = 2
     # The artefact store of bundles (as for ranking and the training job).
     artifact_dir: Path = Path(".longtail/artifacts")
     artifact_store_url: str = ""
@@ -47,6 +53,13 @@ class EmbeddingsSettings:
     # TLS and token for the calls to profiles.
     client_tls_ca_file: Path | None = None
     client_auth_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoder_versions_kept < 2:
+            raise SettingsError(
+                "configuration error: encoder_versions_kept must be >= 2 (the served version and "
+                "the one before it)"
+            )
 
     def store_settings(self) -> StoreSettings:
         return StoreSettings(

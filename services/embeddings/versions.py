@@ -29,7 +29,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -186,6 +186,26 @@ def install_bundle(store: ArtifactStore, active: ActiveModel, model_dir: Path) -
     return version
 
 
+def prune_versions(model_dir: Path, keep: Sequence[str], kept: int) -> list[str]:
+    """Deletes the fine-tuned version folders of ``model_dir`` except those in ``keep`` (the
+    served version and the one served before it, whose last requests may still be in flight) and
+    the newest others, up to ``kept`` in all; the base version is never touched. Returns the
+    removed versions, oldest first."""
+    installed = sorted(
+        int(path.name) for path in model_dir.iterdir() if path.is_dir() and path.name.isdigit()
+    )
+    tuned = [str(number) for number in installed if str(number) != BASE_VERSION]
+    keeping = {version for version in keep if version in tuned}
+    for version in reversed(tuned):  # newest first
+        if len(keeping) >= kept:
+            break
+        keeping.add(version)
+    removed = [version for version in tuned if version not in keeping]
+    for version in removed:
+        shutil.rmtree(model_dir / version)
+    return removed
+
+
 class VersionControl(Protocol):
     """What the follower needs of Triton (``TritonEncoderClient``; fakes in unit tests)."""
 
@@ -228,7 +248,11 @@ class EncoderVersionFollower:
         repository: Path | None,
         metrics: FollowerMetrics | None = None,
         timeout: float = 120.0,
+        versions_kept: int = 2,
     ) -> None:
+        if versions_kept < 2:
+            raise ValueError("versions_kept must be at least 2 (the served and the previous one)")
+        self.versions_kept = versions_kept
         self.registry = registry
         self.store = store
         self.triton = triton
@@ -275,7 +299,26 @@ class EncoderVersionFollower:
                 "encoder version switched",
                 extra={"fields": {"bundle": version.bundle_id, "version": version.label}},
             )
+            await self._prune(version, current)
         return version
+
+    async def _prune(self, serving: EncoderVersion, previous: EncoderVersion | None) -> None:
+        """Removes the version folders beyond ``versions_kept`` and has Triton unload them.
+        Best effort: a failure leaves extra versions loaded, never the served one missing."""
+        if self.repository is None:
+            return
+        try:
+            removed = await asyncio.to_thread(
+                prune_versions,
+                self.repository,
+                [v.triton_version for v in (serving, previous) if v is not None],
+                self.versions_kept,
+            )
+            if removed:
+                await self.triton.load_model(self.timeout)  # re-reads the folder: unloads them
+                log.info("old encoder versions removed", extra={"fields": {"versions": removed}})
+        except Exception as error:
+            log.warning("old encoder versions not removed", extra={"fields": {"error": str(error)}})
 
     async def _ready(self, triton_version: str) -> bool:
         try:

@@ -220,3 +220,35 @@ async def test_a_version_lost_by_a_triton_restart_is_installed_again(tmp_path: P
     assert await follower.resolve(pinned) == pinned
     assert (model_dir / pinned.triton_version / BUNDLE_MARKER).is_file()
     assert pinned.triton_version in triton.loaded
+
+
+async def test_old_versions_are_removed_and_unloaded_after_a_switch(tmp_path: Path) -> None:
+    store = LocalFolderStore(tmp_path / "store")
+    model_dir = _repository(tmp_path)
+    registry = InProcessModelRegistry()
+    triton = FakeTriton(model_dir)
+    follower = EncoderVersionFollower(registry, store, triton, model_dir, versions_kept=2)
+    bundles = [_bundle(store, tmp_path, m, 20261201000001 + n) for n, m in enumerate("abcd")]
+    pinned: EncoderVersion | None = None
+    for bundle in bundles:
+        await registry.publish(ENCODER_KIND, bundle, "test", "", None)
+        pinned = await follower.resolve(pinned)
+    assert pinned is not None and pinned.triton_version == "20261201000004"
+    # The served version and the one before it stay; older ones leave the folder and Triton.
+    kept = {"1", "20261201000003", "20261201000004"}
+    assert {p.name for p in model_dir.iterdir()} == kept
+    assert triton.loaded == kept
+    # A rollback to a removed version installs it again from the store; the version it
+    # replaces stays (requests pinned to it may be in flight), the other one goes.
+    await registry.publish(ENCODER_KIND, bundles[0], "test", "rollback", None)
+    back = await follower.resolve(pinned)
+    assert back is not None and back.triton_version == "20261201000001"
+    assert triton.loaded == {"1", "20261201000001", "20261201000004"}
+
+
+def test_fewer_than_two_kept_versions_is_a_start_up_error() -> None:
+    from services.common.settings import SettingsError
+    from services.embeddings.config import EmbeddingsSettings
+
+    with pytest.raises(SettingsError, match="encoder_versions_kept"):
+        EmbeddingsSettings(encoder_versions_kept=1)

@@ -416,9 +416,7 @@ async def test_item_info_fill_reads_only_what_is_missing_up_to_capacity() -> Non
 async def test_catalogue_refresh_caches_new_items_and_redoes_a_fill_cut_short() -> None:
     # The gateway started on an empty store (as the benchmarks start it): nothing to cache yet.
     profiles = FakeProfiles(n_items=0)
-    pipeline = RecommendPipeline(
-        profiles, FakeRanking(profiles), FakeExposure(), PipelineConfig()
-    )
+    pipeline = RecommendPipeline(profiles, FakeRanking(profiles), FakeExposure(), PipelineConfig())
     assert await pipeline.refresh_catalogue() == 0
     # The catalogue is loaded: the next refresh sees the version move and caches every item.
     loaded = FakeProfiles(n_items=30)
