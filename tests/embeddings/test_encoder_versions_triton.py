@@ -157,6 +157,19 @@ async def test_triton_serves_two_versions_and_embeddings_picks_the_published_one
         request.set_data_from_numpy(data)
         answer = client.infer("text_encoder", [request], model_version="1")
         np.testing.assert_allclose(answer.as_numpy("EMBEDDING")[0], base_vectors[0], atol=1e-6)
+        # What pruning old versions relies on: a folder removed from the repository is unloaded
+        # by the next load request, and the other versions keep serving.
+        assert suite.triton_repository is not None
+        model_dir = suite.triton_repository / "text_encoder"
+        older = str(number - 1)
+        shutil.copytree(model_dir / str(number), model_dir / older)
+        client.load_model("text_encoder")
+        assert client.is_model_ready("text_encoder", older)
+        shutil.rmtree(model_dir / older)
+        client.load_model("text_encoder")
+        assert not client.is_model_ready("text_encoder", older)
+        assert client.is_model_ready("text_encoder", str(number))
+        assert client.is_model_ready("text_encoder", "1")
         client.close()
 
         # A Triton restart keeps the installed version (the repository is kept) and the
