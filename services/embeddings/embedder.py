@@ -100,14 +100,12 @@ class Embedder:
         self._info_expires = -math.inf
 
     async def ready(self, timeout: float = 1.0) -> bool:
-        """Readiness probe: the backend serves the model, and its identity is known (read again
-        once older than ``info_ttl``: re-reading it on every probe, once a second, was a third of
-        the idle suite's CPU between the service and Triton)."""
+        """Readiness probe: the backend serves the model (and its identity is fresh)."""
         if not await self.backend.ready(timeout):
             self.forget_model_info()
             return False
         try:
-            await self.model_info(timeout)
+            await self.model_info(timeout, refresh=True)
         except Exception:
             return False
         return True
