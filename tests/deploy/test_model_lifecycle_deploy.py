@@ -11,6 +11,7 @@ import sys
 import yaml  # type: ignore[import-untyped]
 
 from services.training.config import TrainingSettings
+from tests.deploy.dockerfile import Dockerfile
 from tests.deploy.test_manifests import (
     COMPOSE,
     ROOT,
@@ -110,3 +111,35 @@ def test_the_job_entry_point_runs() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "training" in result.stdout
+
+
+def test_compose_shares_tritons_model_repository_with_embeddings() -> None:
+    # A published fine-tuned encoder is installed by embeddings as a version folder that Triton
+    # then loads: both mount one volume at Triton's repository, the image's model files belong
+    # to the user both run as, and embeddings reads the bundles where train writes them.
+    compose = yaml.safe_load((COMPOSE / "compose.yaml").read_text())["services"]
+    triton, embeddings = compose["triton"], compose["embeddings"]
+    assert "triton-models:/models" in triton["volumes"]
+    assert "triton-models:/models" in embeddings["volumes"]
+    env = embeddings["environment"]
+    assert env["LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY"] == "/models"
+    assert env["LONGTAIL_EMBEDDINGS_PROFILES_TARGET"] == "profiles:50051"
+    assert "profiles" in embeddings["depends_on"]
+    ranking_store = Dockerfile(
+        ROOT / "deploy" / "images" / "Dockerfile", {"SERVICE": "ranking"}
+    ).env()["LONGTAIL_RANKING_ARTIFACT_DIR"]
+    assert env["LONGTAIL_EMBEDDINGS_ARTIFACT_DIR"] == ranking_store
+    for service in ("ranking", "train"):
+        (mount,) = compose[service]["volumes"]
+        volume, path = mount.split(":")[:2]
+        assert f"{volume}:{path}:ro" in embeddings["volumes"]
+        assert ranking_store.startswith(path + "/")
+    image = (ROOT / "deploy" / "images" / "triton" / "Dockerfile").read_text()
+    copies = [line for line in image.splitlines() if line.startswith("COPY") and "/models" in line]
+    assert copies and all("--chown=10001:10001" in line for line in copies)
+    assert "USER 10001:10001" in image and "chown 10001:10001 /models" in image
+    s3 = yaml.safe_load((COMPOSE / "compose.s3.yaml").read_text())["services"]
+    assert (
+        s3["embeddings"]["environment"]["LONGTAIL_EMBEDDINGS_ARTIFACT_STORE_URL"]
+        == s3["ranking"]["environment"]["LONGTAIL_RANKING_ARTIFACT_STORE_URL"]
+    )
