@@ -33,15 +33,16 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import sqlalchemy as sa
 from rich.console import Console
 
-from benchmarks.cpu import process_cpu_seconds
+from benchmarks.cpu import CpuSnapshot
 from benchmarks.tables import emit_table, write_csv
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2, profiles_service_pb2_grpc
 from services.common.channels import open_channel
 from services.common.settings import ClientSettings
+from services.profiles.repository import Repository
+from services.profiles.store import Database, create_store_engine
 from services.suite import datasets
 from services.suite.local import LocalSuite, SuiteConfig
 
@@ -84,7 +85,7 @@ class WriteRow:
             errors,
             f"{self.cpu_ms.get('profiles', 0.0):.2f}",
             f"{self.cpu_ms.get('postgres', 0.0):.2f}",
-            f"{self.cpu_ms.get('profiles', 0.0) + self.cpu_ms.get('postgres', 0.0):.2f}",
+            f"{self.cpu_ms.get('total', 0.0):.2f}",
             f"{self.cpu_ms.get('load gen', 0.0):.2f}",
         ]
 
@@ -130,12 +131,8 @@ async def measure(
     row = WriteRow(writers, seconds)
     rng = random.Random(writers)
     counter = iter(range(10**9))
-    pg = postgres_pids()
-    before = (
-        sum(process_cpu_seconds(p) for p in profiles_pids),
-        sum(process_cpu_seconds(p) for p in pg),
-        time.process_time(),
-    )
+    groups = {"profiles": profiles_pids, "postgres": postgres_pids()}
+    before = CpuSnapshot.take(groups)
     deadline = time.monotonic() + seconds
 
     async def writer() -> None:
@@ -170,32 +167,17 @@ async def measure(
     began = time.perf_counter()
     await asyncio.gather(*(writer() for _ in range(writers)))
     row.seconds = time.perf_counter() - began
-    after = (
-        sum(process_cpu_seconds(p) for p in profiles_pids),
-        sum(process_cpu_seconds(p) for p in pg),
-        time.process_time(),
-    )
-    per = 1000 / max(row.ok, 1)
-    row.cpu_ms = {
-        "profiles": (after[0] - before[0]) * per,
-        "postgres": (after[1] - before[1]) * per,
-        "load gen": (after[2] - before[2]) * per,
-    }
+    row.cpu_ms = before.per_request_ms(CpuSnapshot.take(groups), max(row.ok, 1))
     return row, row.ok * lists.size
 
 
 def impression_totals(database_url: str) -> tuple[int, int]:
-    """(rows in the impression log, sum of the items' impression counters)."""
-    engine = sa.create_engine(database_url)
+    """(rows in the impression log, sum of the items' impression counters) of the store."""
+    database = Database(create_store_engine(database_url, pool_size=1))
     try:
-        with engine.connect() as connection:
-            logged = connection.execute(sa.text("SELECT count(*) FROM impressions")).scalar_one()
-            counted = connection.execute(
-                sa.text("SELECT coalesce(sum(impression_count), 0) FROM item_counters")
-            ).scalar_one()
+        return database.call(Repository().impression_totals, write=False)
     finally:
-        engine.dispose()
-    return int(logged), int(counted)
+        database.dispose()
 
 
 async def main(args: argparse.Namespace) -> list[WriteRow]:

@@ -187,21 +187,21 @@ async def per_hop(
     hop are the previous hop's answers to the same users."""
     rng = random.Random(7)
     chosen = [rng.choice(users) for _ in range(calls)]
-    groups = suite.group_members()
     rows: list[Row] = []
 
     async def hop(name: str, call: Callable[[int], Awaitable[Any]]) -> list[Any]:
         answers: list[Any] = []
-        latencies: list[float] = []
-        before = CpuSnapshot.take(groups)
-        began = time.perf_counter()
-        for n in range(calls):
-            started = time.perf_counter()
-            answers.append(await call(n))
-            latencies.append((time.perf_counter() - started) * 1000)
-        row = Row("hop", name, calls, calls, 0, 0, time.perf_counter() - began, latencies)
-        row.cpu_ms = before.per_request_ms(CpuSnapshot.take(groups), calls)
-        rows.append(row)
+
+        async def in_a_row() -> Row:
+            latencies: list[float] = []
+            began = time.perf_counter()
+            for n in range(calls):
+                started = time.perf_counter()
+                answers.append(await call(n))
+                latencies.append((time.perf_counter() - started) * 1000)
+            return Row("hop", name, calls, calls, 0, 0, time.perf_counter() - began, latencies)
+
+        rows.append(await measured(suite, in_a_row()))
         return answers
 
     profiles = [

@@ -604,6 +604,16 @@ class Repository:
         rows = session.connection().execute(_COUNTERS, {"item_ids": ids})
         return {item_id: (n, impressions, feedback) for item_id, n, impressions, feedback in rows}
 
+    def impression_totals(self, session: Session) -> tuple[int, int]:
+        """(rows in the impression log, sum of the items' impression counters): equal whenever
+        every write stored its list and bumped its counters in one transaction."""
+        connection = session.connection()
+        logged = connection.execute(sa.select(sa.func.count()).select_from(impressions_t))
+        counted = connection.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(counters_t.c.impression_count), 0))
+        )
+        return int(logged.scalar_one()), int(counted.scalar_one())
+
     def list_counters(
         self, session: Session, after: str | None, limit: int
     ) -> list[tuple[str, int, int, int]]:

@@ -43,6 +43,8 @@ from services.gateway.app import pipeline_config
 from services.gateway.config import GatewaySettings
 from services.profiles.app import ProfilesSettings
 from services.profiles.app import build as build_profiles
+from services.profiles.repository import Repository
+from services.profiles.store import Database, create_store_engine
 from services.ranking.app import RankingSettings
 from services.ranking.app import build as build_ranking
 from services.ranking.index import FloatArray, normalize_rows
@@ -366,15 +368,11 @@ async def test_200_concurrent_recommends_are_each_logged_whole_before_they_answe
         assert [(i.position, i.item_id, i.user_id) for i in logged] == [
             (item.position, item.item_id, request.user_id) for item in answer.items
         ]
-    engine = sa.create_engine(suite.database_url)
+    database = Database(create_store_engine(suite.database_url, pool_size=1))
     try:
-        with engine.connect() as connection:
-            rows = connection.execute(sa.text("SELECT count(*) FROM impressions")).scalar_one()
-            counted = connection.execute(
-                sa.text("SELECT sum(impression_count) FROM item_counters")
-            ).scalar_one()
+        rows, counted = database.call(Repository().impression_totals, write=False)
     finally:
-        engine.dispose()
+        database.dispose()
     assert rows == counted == 200 * 5
 
 
