@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from services.common.artifacts import StoreSettings
+from services.common.settings import SettingsError
 from services.ranking.collaborative import AlsParams
 from services.ranking.index import IndexParams
 from services.ranking.scorer import ScorerConfig
 from services.ranking.training import RankerTrainingParams
+
+_POOL_FIELDS = (
+    "content_pool",
+    "tail_pool",
+    "cold_pool",
+    "short_term_pool",
+    "tower_pool",
+    "tower_cold_pool",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +65,15 @@ class RankingSettings:
     # exposure policies pick tail items from these; the order stays by score.
     min_tail_share: float = 0.3
     min_cold_share: float = 0.1
+    # Candidate source sizes, as multiples of the requested candidate count (0 turns a source
+    # off; see ScorerConfig). At 100k items each retrieval from the content index is a ~1.1 CPU-ms
+    # HNSW walk, so these trade ranking's CPU against the pool's reach.
+    content_pool: float = 1.0
+    tail_pool: float = 0.5
+    cold_pool: float = 0.25
+    short_term_pool: float = 0.5
+    tower_pool: float = 1.0
+    tower_cold_pool: float = 0.25
     # Seconds between catalogue refreshes (new items, new stats, new model); 0 turns them off.
     refresh_seconds: float = 30.0
     # Default deadlines of outbound calls made without a caller deadline (background work).
@@ -63,6 +83,18 @@ class RankingSettings:
     als_threads: int = 2
     client_tls_ca_file: Path | None = None
     client_auth_token: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = [
+            name
+            for name in _POOL_FIELDS
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0)
+        ]
+        if bad:
+            raise SettingsError(
+                "configuration error: candidate source sizes must be finite and >= 0: "
+                + ", ".join(f"{name}={getattr(self, name)}" for name in bad)
+            )
 
     def index_params(self) -> IndexParams:
         return IndexParams(
@@ -77,6 +109,12 @@ class RankingSettings:
             kappa=self.kappa,
             min_tail_share=self.min_tail_share,
             min_cold_share=self.min_cold_share,
+            content_pool=self.content_pool,
+            tail_pool=self.tail_pool,
+            cold_pool=self.cold_pool,
+            short_term_pool=self.short_term_pool,
+            tower_pool=self.tower_pool,
+            tower_cold_pool=self.tower_cold_pool,
         )
 
     def ranker_params(self) -> RankerTrainingParams | None:

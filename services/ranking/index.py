@@ -451,7 +451,9 @@ def multi_search(
 
     On an exact index the catalogue is scanned once for all queries (one matrix product; a scan
     per request would be memory-bound several times over) and each request is a masked top-k.
-    On HNSW each request walks the graph (requests alike in pool and k share one batch call).
+    On HNSW each all-items request walks the graph (requests alike in k share one batch call); a
+    pool request is read off the all-items answer to its query when that holds enough pool
+    members, and walks the pool's own index otherwise.
     """
     matrix = _as_queries(queries, index.dimension)
     if index.size == 0 or not requests:
@@ -461,7 +463,8 @@ def multi_search(
         database = index.segments[0].database()
         # One matrix-vector product per query: OpenBLAS's sgemm with 2-6 columns is ~2x slower
         # than the same number of sgemv calls here, and both are bound by reading the matrix.
-        scores = [database @ query for query in matrix]
+        # Only the queries some request reads (a source sized 0 leaves its query unread).
+        scores = {q: database @ matrix[q] for q in sorted({r.query for r in requests})}
         results = []
         for request in requests:
             row = scores[request.query].copy()
@@ -472,15 +475,49 @@ def multi_search(
             results.append(_top_k(row, request.k))
         return results
     answers: dict[int, SearchResult] = {}
-    groups: dict[tuple[int, int], list[int]] = {}
+    whole: dict[int, list[int]] = {}
+    pooled: list[int] = []
     for position, request in enumerate(requests):
-        groups.setdefault((id(request.pool), request.k), []).append(position)
+        if request.pool is None:
+            whole.setdefault(request.k, []).append(position)
+        else:
+            pooled.append(position)
+    for k, positions in whole.items():
+        group_queries = matrix[[requests[p].query for p in positions]]
+        found = index.search_batch(group_queries, k, exclude=excluded)
+        answers.update(zip(positions, found, strict=True))
+    # A pool request is answered from an all-items answer to the same query when that holds k
+    # pool members: the pool's best k are then its first k members there (the same rows an exact
+    # search gives; with HNSW, from the all-items walk's beam). A dense pool (the tail: 80% of the
+    # catalogue) saves a walk of the graph; a sparse one (few cold items) still gets its own.
+    broadest: dict[int, SearchResult] = {}
+    for position, result in answers.items():
+        query = requests[position].query
+        if len(result) > len(broadest.get(query, EMPTY_RESULT)):
+            broadest[query] = result
+    groups: dict[tuple[int, int], list[int]] = {}
+    for position in pooled:
+        request = requests[position]
+        assert request.pool is not None
+        derived = _pool_members(broadest.get(request.query), request.pool, request.k)
+        if derived is not None:
+            answers[position] = derived
+        else:
+            groups.setdefault((id(request.pool), request.k), []).append(position)
     for positions in groups.values():
         first = requests[positions[0]]
+        assert first.pool is not None
         group_queries = matrix[[requests[p].query for p in positions]]
-        if first.pool is None:
-            found = index.search_batch(group_queries, first.k, exclude=excluded)
-        else:
-            found = [first.pool.search(q, first.k, exclude=excluded) for q in group_queries]
+        found = [first.pool.search(q, first.k, exclude=excluded) for q in group_queries]
         answers.update(zip(positions, found, strict=True))
     return [answers[p] for p in range(len(requests))]
+
+
+def _pool_members(result: SearchResult | None, pool: PoolIndex, k: int) -> SearchResult | None:
+    """The first ``k`` rows of ``result`` inside ``pool``; None when it holds fewer."""
+    if result is None:
+        return None
+    inside = pool.mask[result.rows]
+    if int(inside.sum()) < k:
+        return None
+    return SearchResult(result.rows[inside][:k], result.scores[inside][:k])

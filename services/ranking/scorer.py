@@ -405,7 +405,9 @@ def candidate_pool(
                 recent_rows[: config.short_term_items],
                 np.ones(min(config.short_term_items, recent_rows.shape[0]), dtype=np.float32),
             )
-            if config.short_term_items > 0 and recent_rows.shape[0] > 1
+            if config.short_term_items > 0
+            and config.short_term_pool > 0
+            and recent_rows.shape[0] > 1
             else None
         )
         if short_term is not None:
@@ -413,6 +415,8 @@ def candidate_pool(
             requests.append(
                 SearchRequest(len(queries) - 1, _source_size(count, config.short_term_pool, config))
             )
+        # A source sized 0 is switched off (settings): no walk of the index for it.
+        requests = [request for request in requests if request.k > 0]
         found = multi_search(snapshot.index, np.vstack(queries), requests, exclude=excluded)
         parts.extend(result.rows for result in found)
     if user_factor is not None and collaborative is not None:

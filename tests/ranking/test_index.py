@@ -202,3 +202,43 @@ def test_multi_search_answers_each_request_like_a_single_search(exact_max: int) 
         assert overlap >= (1.0 if index.kind == "flat" else 0.9)
         assert not set(result.rows.tolist()) & set(excluded.tolist())
         assert np.all(np.diff(result.scores) <= 1e-6)
+
+
+def test_multi_search_reads_a_dense_pool_off_the_all_items_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    vectors = clustered(3000, 16, 8, seed=14)
+    params = IndexParams(exact_max_items=100)
+    index = VectorIndex.build(vectors, params)
+    rng = np.random.default_rng(15)
+    tail = rng.random(3000) < 0.8
+    cold = rng.random(3000) < 0.05
+    tail_pool = PoolIndex.build(index, vectors, tail, params)
+    cold_pool = PoolIndex.build(index, vectors, cold, params)
+    walked: list[int] = []
+    real = PoolIndex.search
+
+    def spy(self: PoolIndex, query: npt.ArrayLike, k: int, **kwargs: object) -> object:
+        walked.append(int(self.size))
+        return real(self, query, k, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PoolIndex, "search", spy)
+    excluded = np.arange(0, 300, 3, dtype=np.int64)
+    requests = [
+        SearchRequest(0, 100),
+        SearchRequest(0, 50, tail_pool),
+        SearchRequest(0, 20, cold_pool),
+    ]
+    all_items, from_tail, from_cold = multi_search(index, vectors[[7]], requests, exclude=excluded)
+    # 100 all-items hits hold about 80 tail items (>= 50) but about 5 cold ones (< 20): the tail
+    # is read off the all-items answer, the cold pool is walked.
+    assert walked == [cold_pool.size]
+    inside = tail[all_items.rows]
+    assert from_tail.rows.tolist() == all_items.rows[inside][:50].tolist()
+    assert tail[from_tail.rows].all() and len(from_tail) == 50
+    allowed = np.ones(3000, dtype=bool)
+    allowed[excluded] = False
+    truth = brute_force(vectors, vectors[7], 50, allowed & tail)
+    assert len(set(truth.tolist()) & set(from_tail.rows.tolist())) >= 45
+    assert cold[from_cold.rows].all() and len(from_cold) == 20
+    assert not set(from_tail.rows.tolist()) & set(excluded.tolist())

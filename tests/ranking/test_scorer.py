@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
 
+from services.common.settings import SettingsError, load_settings
+from services.ranking import index as index_module
+from services.ranking import scorer
 from services.ranking.catalog import CatalogSnapshot, build_snapshot
 from services.ranking.collaborative import AlsParams, InteractionBatch, train_als
+from services.ranking.config import RankingSettings
 from services.ranking.index import IndexParams
 from services.ranking.scorer import (
     CollaborativeView,
@@ -275,3 +280,45 @@ def test_hnsw_snapshot_gives_the_same_kind_of_answer(world: World, view: Collabo
     assert len(ids) == 60 == len(set(ids)) and not set(ids) & set(items)
     assert sum(category(world, i) == liked for i in ids) >= 54
     assert sum(c.is_tail for c in result.candidates) >= 18
+
+
+def test_a_source_sized_zero_walks_no_index(
+    world: World,
+    snapshot: CatalogSnapshot,
+    view: CollaborativeView,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    searched: list[list[int]] = []
+    real = index_module.multi_search
+
+    def spy(index: Any, queries: Any, requests: Any, **kwargs: Any) -> Any:
+        searched.append([request.k for request in requests])
+        return real(index, queries, requests, **kwargs)
+
+    monkeypatch.setattr(scorer, "multi_search", spy)
+    query = RankQuery(history_of(world, "user-0003"), 50)
+    default = rank(snapshot, view, query, CONFIG)
+    # content 1 x 50, tail pool 0.5 x 50, cold pool max(20, 0.25 x 50), short term 0.5 x 50.
+    assert searched == [[50, 25, 20, 25]]
+    searched.clear()
+    lean = dataclasses.replace(CONFIG, cold_pool=0.0, short_term_pool=0.0)
+    result = rank(snapshot, view, query, lean)
+    assert searched == [[50, 25]]
+    # Fewer sources, still a full answer of the user's unseen items.
+    ids = [c.item_id for c in result.candidates]
+    assert len(ids) == 50 and not set(ids) & set(world.users["user-0003"][1])
+    assert len(default.candidates) == 50
+
+
+def test_source_sizes_are_settings_and_must_be_non_negative() -> None:
+    settings = load_settings(
+        RankingSettings,
+        "LONGTAIL_RANKING_",
+        {"LONGTAIL_RANKING_SHORT_TERM_POOL": "0", "LONGTAIL_RANKING_CONTENT_POOL": "0.5"},
+    )
+    config = settings.scorer_config()
+    assert config.short_term_pool == 0.0 and config.content_pool == 0.5
+    assert config.tower_pool == ScorerConfig().tower_pool
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(SettingsError, match="tail_pool"):
+            load_settings(RankingSettings, "LONGTAIL_RANKING_", {"LONGTAIL_RANKING_TAIL_POOL": bad})
