@@ -127,7 +127,16 @@ class LocalFolderStore:
 
     def delete(self, keys: list[str]) -> None:
         for key in keys:
-            (self.root / _check_key(key)).unlink(missing_ok=True)
+            path = self.root / _check_key(key)
+            path.unlink(missing_ok=True)
+            # Folders emptied by the delete go too (a pruned bundle leaves no empty folder).
+            for parent in path.parents:
+                if parent == self.root or self.root not in parent.parents:
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty (or already gone)
+                    break
 
 
 class S3ArtifactStore:
@@ -461,3 +470,61 @@ def incomplete_bundles(store: ArtifactStore) -> list[str]:
     """Bundle prefixes without a manifest (a writer died or is still writing)."""
     seen = {key.split("/")[1] for key in store.list_keys(BUNDLES) if key.count("/") >= 2}
     return sorted(seen - set(list_bundles(store)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunePlan:
+    """What ``plan_prune`` keeps and deletes, by bundle id."""
+
+    # Published and inside the rollback window of their kind (the active version first).
+    kept: list[str]
+    # Published, but older than the window: deleted.
+    deleted: list[str]
+    # Complete bundles never published (``--no-publish``, or a publish that failed): deleted only
+    # when asked, else kept.
+    unpublished: list[str]
+
+
+def plan_prune(
+    bundles: list[str],
+    publications: list[tuple[str, str]],
+    keep: int,
+    *,
+    delete_unpublished: bool = False,
+) -> PrunePlan:
+    """Which stored bundles to delete.
+
+    ``publications`` are the registry's (model kind, version) pairs, newest first. Per kind the
+    ``keep`` most recently published distinct versions stay (the active one and the rollback
+    targets); a bundle published under several kinds stays when any kind keeps it.
+    """
+    if keep < 1:
+        raise ValueError("keep must be >= 1: the active version of each kind always stays")
+    window: dict[str, list[str]] = {}
+    published: set[str] = set()
+    for kind, version in publications:
+        published.add(version)
+        versions = window.setdefault(kind, [])
+        if version not in versions and len(versions) < keep:
+            versions.append(version)
+    stored = set(bundles)
+    kept_ids = {version for versions in window.values() for version in versions}
+    kept = sorted(stored & kept_ids)
+    unpublished = sorted(stored - published)
+    deleted = sorted((stored & published) - kept_ids)
+    if delete_unpublished:
+        deleted = sorted(set(deleted) | set(unpublished))
+    return PrunePlan(kept, deleted, unpublished)
+
+
+def delete_bundles(store: ArtifactStore, bundle_ids: list[str]) -> int:
+    """Delete whole bundles, the manifest first (an interrupted delete leaves an incomplete bundle,
+    which never loads, never a manifest whose files are gone); the number of files deleted."""
+    count = 0
+    for bundle_id in bundle_ids:
+        store.delete([bundle_key(bundle_id, MANIFEST)])
+        prefix = f"{BUNDLES}/{check_bundle_id(bundle_id)}/"
+        keys = [key for key in store.list_keys(f"{BUNDLES}/{bundle_id}") if key.startswith(prefix)]
+        store.delete(keys)
+        count += len(keys) + 1
+    return count

@@ -55,6 +55,27 @@ class ProfilesModelRegistry:
             return None
         return ActiveModel(answer.publication.version, answer.publication.manifest_sha256)
 
+    async def publications(
+        self, kind: str = "", deadline: HasTimeRemaining | None = None
+    ) -> list[tuple[str, str]]:
+        """Every publication (of ``kind``; empty: all kinds) as (kind, version), newest first."""
+        pairs: list[tuple[str, str]] = []
+        token = ""
+        while True:
+            try:
+                answer = await self._profiles.ListModelPublications(
+                    profiles_service_pb2.ListModelPublicationsRequest(
+                        model_kind=kind, page_size=1000, page_token=token
+                    ),
+                    timeout=outbound_timeout(deadline, self._timeout),
+                )
+            except grpc.aio.AioRpcError as error:
+                raise from_upstream(error, "profiles") from error
+            pairs.extend((p.model_kind, p.version) for p in answer.publications)
+            token = answer.next_page_token
+            if not token:
+                return pairs
+
     async def publish(
         self,
         kind: str,

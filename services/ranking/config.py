@@ -65,14 +65,20 @@ class RankingSettings:
     # exposure policies pick tail items from these; the order stays by score.
     min_tail_share: float = 0.3
     min_cold_share: float = 0.1
-    # Candidate source sizes, as multiples of the requested candidate count (0 turns a source
-    # off; see ScorerConfig). At 100k items each retrieval from the content index is a ~1.1 CPU-ms
-    # HNSW walk, so these trade ranking's CPU against the pool's reach.
+    # Candidate source sizes, as multiples of the requested candidate count (each at least 20;
+    # 0 switches the source off and saves its index walk: ~1.1 CPU-ms at 100k items on HNSW).
+    # Content neighbours of the user's history vector over all items.
     content_pool: float = 1.0
+    # Content neighbours among tail items (on HNSW read off the all-items answer when that holds
+    # enough tail items, else a walk of its own).
     tail_pool: float = 0.5
+    # Content neighbours among cold items (same rule as the tail pool).
     cold_pool: float = 0.25
+    # Neighbours of the mean of the last three history items (a short-term interest).
     short_term_pool: float = 0.5
+    # Neighbours of the sequential user tower's vector over all items (with a tower).
     tower_pool: float = 1.0
+    # Neighbours of the tower's vector among cold items (with a tower).
     tower_cold_pool: float = 0.25
     # Seconds between catalogue refreshes (new items, new stats, new model); 0 turns them off.
     refresh_seconds: float = 30.0

@@ -237,6 +237,62 @@ async def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+async def cmd_prune_bundles(args: argparse.Namespace) -> None:
+    """Delete the bundles that fell out of every kind's rollback window (the registry's last
+    ``--keep`` published versions per kind stay, the active one among them)."""
+    import dataclasses
+
+    from services.common.artifacts import (
+        delete_bundles,
+        incomplete_bundles,
+        list_bundles,
+        open_store,
+        plan_prune,
+    )
+    from services.common.registry import ProfilesModelRegistry
+    from services.common.settings import load_settings
+    from services.ranking.config import RankingSettings
+    from services.training.job import RANKING_PREFIX
+
+    if args.keep < 1:
+        raise SystemExit("--keep must be >= 1 (the active version of each kind always stays)")
+    settings = load_settings(RankingSettings, RANKING_PREFIX)
+    if args.artifact_dir:
+        settings = dataclasses.replace(settings, artifact_dir=Path(args.artifact_dir))
+    if args.store_url:
+        settings = dataclasses.replace(settings, artifact_store_url=args.store_url)
+    if args.s3_endpoint:
+        settings = dataclasses.replace(settings, artifact_s3_endpoint=args.s3_endpoint)
+    store = open_store(settings.store_settings())
+    client = _client(args)
+    try:
+        publications = await ProfilesModelRegistry(client.profiles, args.timeout).publications()
+    finally:
+        await client.close()
+    bundles = await asyncio.to_thread(list_bundles, store)
+    plan = plan_prune(bundles, publications, args.keep, delete_unpublished=args.delete_unpublished)
+    incomplete = await asyncio.to_thread(incomplete_bundles, store)
+    table = Table(title=f"bundles in {store.location}")
+    table.add_column("bundle")
+    table.add_column("action")
+    for bundle_id in bundles:
+        if bundle_id in plan.deleted:
+            action = "delete" if not args.dry_run else "would delete"
+        elif bundle_id in plan.kept:
+            action = "keep (published)"
+        else:
+            action = "keep (never published; --delete-unpublished deletes it)"
+        table.add_row(bundle_id, action)
+    for bundle_id in incomplete:
+        table.add_row(bundle_id, "keep (incomplete: a writer may still be writing)")
+    console.print(table)
+    if args.dry_run:
+        console.print(f"dry run: {len(plan.deleted)} bundles would be deleted")
+        return
+    files = await asyncio.to_thread(delete_bundles, store, plan.deleted)
+    console.print(f"deleted {len(plan.deleted)} bundles ({files} files), kept {len(plan.kept)}")
+
+
 def cmd_migrate(args: argparse.Namespace) -> None:
     from services.profiles.store import migrate
 
@@ -415,6 +471,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--encoder-steps", type=int, default=0, help="0 = the default step count")
 
+    p = sub.add_parser(
+        "prune-bundles",
+        help="delete model bundles older than each kind's last --keep published versions",
+    )
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=3,
+        help="published versions kept per model kind: the active one and the rollback targets "
+        "(default 3)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="show the plan, delete nothing")
+    p.add_argument(
+        "--delete-unpublished",
+        action="store_true",
+        help="also delete complete bundles that were never published",
+    )
+    p.add_argument(
+        "--artifact-dir",
+        help="bundle folder (default LONGTAIL_RANKING_ARTIFACT_DIR or .longtail/artifacts)",
+    )
+    p.add_argument(
+        "--store-url", help="s3://bucket/prefix instead of the folder (AWS_* credentials)"
+    )
+    p.add_argument("--s3-endpoint", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+
     p = sub.add_parser("migrate", help="create or upgrade the store schema (Alembic)")
     p.add_argument("--database-url")
 
@@ -433,6 +515,7 @@ COMMANDS = {
     "load": cmd_load,
     "index": cmd_index,
     "train": cmd_train,
+    "prune-bundles": cmd_prune_bundles,
     "eval": cmd_eval,
 }
 
