@@ -45,6 +45,9 @@ class EmbeddingsSettings:
     # newest others up to this count; older folders are removed and unloaded after a switch (a
     # rollback to one installs it again from the artefact store). The base version 1 stays.
     encoder_versions_kept: int = 2
+    # The encoder installer beside Triton (python -m services.embeddings.installer): serve its
+    # counters (longtail_encoder_version_*) on this port; unset: none.
+    installer_metrics_port: int | None = None
     # The artefact store of bundles (as for ranking and the training job).
     artifact_dir: Path = Path(".longtail/artifacts")
     artifact_store_url: str = ""

@@ -9,7 +9,9 @@ writes, without spending minutes on training here (fine-tuning is tested in test
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,3 +184,103 @@ async def test_triton_serves_two_versions_and_embeddings_picks_the_published_one
             await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS[:1]), timeout=60)
         )
         np.testing.assert_allclose(again[0], tuned_vectors[0], atol=1e-6)
+
+
+async def test_the_installer_beside_triton_installs_what_embeddings_cannot(
+    tmp_path: Path,
+) -> None:
+    """The Kubernetes topology: embeddings cannot write Triton's repository (separate pods); the
+    installer sidecar in Triton's pod (``python -m services.embeddings.installer``) does, and the
+    embeddings service pins the published version once Triton serves it."""
+    require_triton()
+    module = load_model_module()
+    folder = _other_encoder(tmp_path / "tuned")
+    onnx = module.export_onnx(folder, tmp_path / "tuned.onnx")
+    fingerprint = module.model_fingerprint(folder)
+
+    config = SuiteConfig(
+        workdir=tmp_path / "suite",
+        services=("profiles", "embeddings"),
+        start_timeout_seconds=BOUND,
+        extra_env={
+            "embeddings": {
+                "LONGTAIL_EMBEDDINGS_ENCODER_POLL_SECONDS": "0.2",
+                "LONGTAIL_EMBEDDINGS_READY_TIMEOUT_SECONDS": "60",
+                # No access to the repository: as a separate pod.
+                "LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY": "",
+            }
+        },
+    )
+    async with (
+        LocalSuite(config) as suite,
+        grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
+        grpc.aio.insecure_channel(suite.target("profiles")) as profiles_channel,
+    ):
+        embeddings = epb_grpc.EmbeddingsServiceStub(embeddings_channel)
+        profiles = ppb_grpc.ProfilesServiceStub(profiles_channel)
+        number = new_triton_version()
+        manifest = save_encoder_bundle(
+            LocalFolderStore(suite.artifact_dir),
+            folder,
+            onnx,
+            fingerprint=fingerprint,
+            triton_version=number,
+            code_version=code_version(),
+        )
+        await profiles.PublishModel(
+            ppb.PublishModelRequest(
+                model_kind=ENCODER_KIND,
+                version=manifest.bundle_id,
+                manifest_sha256=manifest.sha256,
+                published_by="test",
+            ),
+            timeout=30,
+        )
+        assert suite.triton_url is not None and suite.triton_repository is not None
+        model_dir = suite.triton_repository / "text_encoder"
+        # Published, but nobody can install it yet: embeddings keeps the base version.
+        await asyncio.sleep(1.0)
+        info = await embeddings.GetModelInfo(epb.GetModelInfoRequest(), timeout=60)
+        assert info.model_version.startswith("1-")
+        assert not (model_dir / str(number)).exists()
+
+        installer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.embeddings.installer",
+            env={
+                **os.environ,
+                "LONGTAIL_EMBEDDINGS_TRITON_URL": suite.triton_url,
+                "LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY": str(suite.triton_repository),
+                "LONGTAIL_EMBEDDINGS_PROFILES_TARGET": suite.target("profiles"),
+                "LONGTAIL_EMBEDDINGS_ARTIFACT_DIR": str(suite.artifact_dir),
+                "LONGTAIL_EMBEDDINGS_ENCODER_POLL_SECONDS": "0.2",
+            },
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await _wait_version(embeddings, f"{number}-{fingerprint}")
+        finally:
+            installer.terminate()
+            _, err = await installer.communicate()
+        assert (model_dir / str(number) / "bundle.txt").read_text().strip() == manifest.bundle_id
+        assert b"encoder version switched" in err
+        tuned = await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS[:1]), timeout=60)
+        assert tuned.model_version == f"{number}-{fingerprint}"
+
+
+def test_the_installer_refuses_to_start_without_a_repository_or_registry() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "services.embeddings.installer"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("LONGTAIL_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY" in done.stderr
+    assert "LONGTAIL_EMBEDDINGS_PROFILES_TARGET" in done.stderr
