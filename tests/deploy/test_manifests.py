@@ -40,7 +40,7 @@ CALLS = {
     "ranking": ("profiles", "embeddings"),
     "exposure": ("profiles",),
     "profiles": (),
-    "embeddings": (),
+    "embeddings": ("profiles",),
 }
 Doc = dict[str, Any]
 

@@ -143,3 +143,52 @@ def test_compose_shares_tritons_model_repository_with_embeddings() -> None:
         s3["embeddings"]["environment"]["LONGTAIL_EMBEDDINGS_ARTIFACT_STORE_URL"]
         == s3["ranking"]["environment"]["LONGTAIL_RANKING_ARTIFACT_STORE_URL"]
     )
+
+
+def test_kubernetes_installs_published_encoders_beside_triton() -> None:
+    # Triton and embeddings are separate pods: the encoder installer runs in Triton's pod, both
+    # containers mount the pod's `models` volume at Triton's repository (seeded from the image
+    # first), and the installer reads the bundles where the training job writes them.
+    known = env_table().variables() | STORE_SECRET_KEYS
+    for rendering in ("base", "overlays/dev-cpu", "overlays/prod-gpu"):
+        docs = render(rendering)
+        deployments = of_kind(docs, "Deployment")
+        pod = deployments["triton"]["spec"]["template"]["spec"]
+        containers = {c["name"]: c for c in pod["containers"]}
+        triton, installer = containers["triton"], containers["encoder-installer"]
+        (seed,) = pod["initContainers"]
+        assert seed["image"] == triton["image"]
+        assert seed["command"] == ["cp", "-a", "/models/.", "/repository/"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert "emptyDir" in volumes["models"]
+        assert {"name": "models", "mountPath": "/repository"} in seed["volumeMounts"]
+        for member in (triton, installer):
+            assert {"name": "models", "mountPath": "/models"} in member["volumeMounts"]
+            assert member["securityContext"]["readOnlyRootFilesystem"] is True
+        assert installer["command"] == ["python", "-m", "services.embeddings.installer"]
+        assert installer["image"] == container(deployments["embeddings"])["image"]
+        env = {e["name"]: e for e in installer["env"]}
+        assert set(env) <= known, set(env) - known
+        triton_grpc = {p["name"]: p["containerPort"] for p in triton["ports"]}["grpc"]
+        assert env["LONGTAIL_EMBEDDINGS_TRITON_URL"]["value"] == f"127.0.0.1:{triton_grpc}"
+        assert env["LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY"]["value"] == "/models"
+        assert env["LONGTAIL_EMBEDDINGS_PROFILES_TARGET"]["value"] == "profiles:50051"
+        ranking = env_of(deployments["ranking"])
+        if rendering == "overlays/prod-gpu":
+            url = "LONGTAIL_EMBEDDINGS_ARTIFACT_STORE_URL"
+            assert env[url]["value"] == ranking["LONGTAIL_RANKING_ARTIFACT_STORE_URL"]["value"]
+            for key in STORE_SECRET_KEYS:
+                assert env[key]["valueFrom"]["secretKeyRef"]["name"] == "longtail-artifacts"
+            assert env["LONGTAIL_EMBEDDINGS_CLIENT_TLS_CA_FILE"]["value"].endswith("ca.crt")
+            assert "artifacts" not in volumes
+        else:
+            store = ranking["LONGTAIL_RANKING_ARTIFACT_DIR"]["value"]
+            assert env["LONGTAIL_EMBEDDINGS_ARTIFACT_DIR"]["value"] == store
+            claim = volumes["artifacts"]["persistentVolumeClaim"]
+            assert claim == {"claimName": "ranking-artifacts", "readOnly": True}
+            mount = next(m for m in installer["volumeMounts"] if m["name"] == "artifacts")
+            assert mount["readOnly"] is True and store.startswith(mount["mountPath"] + "/")
+        # The embeddings replicas follow the registry but write nothing of Triton's.
+        embeddings = env_of(deployments["embeddings"])
+        assert embeddings["LONGTAIL_EMBEDDINGS_PROFILES_TARGET"]["value"] == "profiles:50051"
+        assert "LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY" not in embeddings
