@@ -11,6 +11,10 @@ Sources, each excluding the request's exclusions:
 - with a sequential user tower in the model (``tower.py``): neighbours of the tower's user vector
   over all items and over the cold pool (stated interests go through it as a one-item history);
 - without any user signal: the most popular items and the most popular tail items.
+Source sizes are settings (``LONGTAIL_RANKING_*_POOL``; 0 switches a source off). On HNSW a pool
+source costs no walk of its own when the all-items answer to its query already holds enough pool
+members (``index.multi_search``), so a request walks the graph about three times (content, tower,
+short-term) where tail and cold items are common.
 
 Scoring. With a learned ranker (``learned.py``, fitted by ``training.py`` with every TrainModel)
 the score is its logit over per-candidate features: the collaborative score (fold-in), cosine to
