@@ -80,6 +80,9 @@ class RankingSettings:
     tower_pool: float = 1.0
     # Neighbours of the tower's vector among cold items (with a tower).
     tower_cold_pool: float = 0.25
+    # With a tower, the content sources (all items, tail, cold) search with the tower's vector
+    # instead of the history's mean vector (same sizes; the mean vector still scores candidates).
+    tower_replaces_content: bool = False
     # Seconds between catalogue refreshes (new items, new stats, new model); 0 turns them off.
     refresh_seconds: float = 30.0
     # Default deadlines of outbound calls made without a caller deadline (background work).
@@ -121,6 +124,7 @@ class RankingSettings:
             short_term_pool=self.short_term_pool,
             tower_pool=self.tower_pool,
             tower_cold_pool=self.tower_cold_pool,
+            tower_replaces_content=self.tower_replaces_content,
         )
 
     def ranker_params(self) -> RankerTrainingParams | None:

@@ -75,6 +75,10 @@ class ScorerConfig:
     # history on MovieLens' cold-items split).
     tower_pool: float = 1.0
     tower_cold_pool: float = 0.25
+    # With a tower vector, the content vector's sources (all items, tail pool, cold pool) search
+    # with the tower's vector instead (same sizes; a pool asked twice is searched once, with the
+    # larger size). The content vector still scores every candidate (features).
+    tower_replaces_content: bool = False
     # Recency weighting of the user vector: weight halves every ``history_half_life`` entries.
     history_half_life: float = 10.0
     max_history: int = 200
@@ -278,6 +282,16 @@ def _first_not_excluded(rows: RowArray, excluded: RowArray, k: int) -> RowArray:
     return head[~np.isin(head, excluded)][:k]
 
 
+def _onto_query(requests: list[SearchRequest], query: int) -> list[SearchRequest]:
+    """Every request on ``query``; one per pool, the largest ``k`` of those asked."""
+    merged: dict[int, SearchRequest] = {}
+    for request in requests:
+        key = id(request.pool)
+        if key not in merged or request.k > merged[key].k:
+            merged[key] = SearchRequest(query, request.k, request.pool)
+    return list(merged.values())
+
+
 def _source_size(count: int, share: float, config: ScorerConfig) -> int:
     return 0 if share <= 0 else max(config.min_source, math.ceil(count * share))
 
@@ -403,6 +417,8 @@ def candidate_pool(
                     snapshot.cold_pool,
                 )
             )
+            if config.tower_replaces_content:
+                requests = _onto_query(requests, at)
         short_term = (
             user_vector(
                 snapshot.vectors,

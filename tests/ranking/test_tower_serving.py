@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from services.common.artifacts import LocalFolderStore
+from services.ranking import index as index_module
+from services.ranking import scorer
 from services.ranking.bundle import TOWER_KIND, load_bundle, save_bundle
 from services.ranking.catalog import CatalogSnapshot, build_snapshot
 from services.ranking.collaborative import AlsParams
@@ -96,3 +100,41 @@ def test_the_bundle_carries_the_tower(
     again = loaded.tower.vector(history)
     assert original is not None and again is not None
     np.testing.assert_array_equal(original, again)
+
+
+def test_the_tower_can_replace_the_content_vector_in_retrieval(
+    world: World,
+    snapshot: CatalogSnapshot,
+    fitted: FittedModels,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    searched: list[list[tuple[int, int, int]]] = []
+    real = index_module.multi_search
+
+    def spy(index: Any, queries: Any, requests: Any, **kwargs: Any) -> Any:
+        searched.append([(r.query, r.k, id(r.pool)) for r in requests])
+        return real(index, queries, requests, **kwargs)
+
+    monkeypatch.setattr(scorer, "multi_search", spy)
+    view = CollaborativeView.build(fitted.model, snapshot)
+    _, items = world.users["user-0003"]
+    query = RankQuery([HistoryItem(i) for i in items], 40)
+    both = candidate_pool(snapshot, view, query, CONFIG)
+    replaced = candidate_pool(
+        snapshot, view, query, dataclasses.replace(CONFIG, tower_replaces_content=True)
+    )
+    tail, cold = id(snapshot.tail_pool), id(snapshot.cold_pool)
+    everything = id(None)
+    # Content (query 0): all 40, tail 20, cold 20; tower (1): all 40, cold 20; short term (2).
+    content = [(0, 40, everything), (0, 20, tail), (0, 20, cold)]
+    tower = [(1, 40, everything), (1, 20, cold)]
+    assert sorted(searched[0]) == sorted([*content, *tower, (2, 20, everything)])
+    # The tower's vector takes every content source, each pool once.
+    assert sorted(searched[1]) == sorted(
+        [(1, 40, everything), (1, 20, tail), (1, 20, cold), (2, 20, everything)]
+    )
+    # The candidates are still scored by the history's mean vector as well as by the tower.
+    similarity = FEATURE_NAMES.index("content_user")
+    assert np.abs(replaced.features[:, similarity]).max() > 0.1
+    assert np.abs(replaced.features[:, TOWER]).max() > 0.1
+    assert len(replaced.rows) and len(both.rows)
