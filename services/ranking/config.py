@@ -20,6 +20,7 @@ _POOL_FIELDS = (
     "short_term_pool",
     "tower_pool",
     "tower_cold_pool",
+    "mapped_cold_pool",
 )
 
 
@@ -83,6 +84,9 @@ class RankingSettings:
     # With a tower, the content sources (all items, tail, cold) search with the tower's vector
     # instead of the history's mean vector (same sizes; the mean vector still scores candidates).
     tower_replaces_content: bool = False
+    # Cold items whose text, mapped into the collaborative space (a ridge map from item vectors
+    # to ALS item factors fitted on the model's items), scores best against the user's factor.
+    mapped_cold_pool: float = 0.25
     # Seconds between catalogue refreshes (new items, new stats, new model); 0 turns them off.
     refresh_seconds: float = 30.0
     # Default deadlines of outbound calls made without a caller deadline (background work).
@@ -125,6 +129,7 @@ class RankingSettings:
             tower_pool=self.tower_pool,
             tower_cold_pool=self.tower_cold_pool,
             tower_replaces_content=self.tower_replaces_content,
+            mapped_cold_pool=self.mapped_cold_pool,
         )
 
     def ranker_params(self) -> RankerTrainingParams | None:

@@ -180,8 +180,14 @@ def resolve_als_params(
     )
 
 
-def _assemble(snapshot: CatalogSnapshot, model: CollaborativeModel | None) -> RankingState:
-    view = None if model is None else CollaborativeView.build(model, snapshot)
+def _assemble(
+    snapshot: CatalogSnapshot, model: CollaborativeModel | None, config: ScorerConfig
+) -> RankingState:
+    view = (
+        None
+        if model is None
+        else CollaborativeView.build(model, snapshot, config.content_map_ridge)
+    )
     return RankingState(snapshot, view)
 
 
@@ -257,7 +263,7 @@ class RankingEngine:
             model = await self._load_model(deadline)
             if model is self._model:
                 return False
-            state = await asyncio.to_thread(_assemble, current.snapshot, model)
+            state = await asyncio.to_thread(_assemble, current.snapshot, model, self._config)
             self._swap(state, model)
             return True
 
@@ -267,7 +273,7 @@ class RankingEngine:
             model = await self._load_model(deadline)
             previous = None if self._state is None else self._state.snapshot
             snapshot = await self._loader.load(previous, deadline)
-            state = await asyncio.to_thread(_assemble, snapshot, model)
+            state = await asyncio.to_thread(_assemble, snapshot, model, self._config)
             self._swap(state, model)
             return state
 
@@ -282,7 +288,9 @@ class RankingEngine:
             model = await self._load_model(deadline)
             if snapshot is None and model is self._model:
                 return False
-            state = await asyncio.to_thread(_assemble, snapshot or current.snapshot, model)
+            state = await asyncio.to_thread(
+                _assemble, snapshot or current.snapshot, model, self._config
+            )
             self._swap(state, model)
             return True
 
@@ -344,7 +352,9 @@ class RankingEngine:
             )
             async with self._swap_lock:
                 if self._state is not None:
-                    state = await asyncio.to_thread(_assemble, self._state.snapshot, model)
+                    state = await asyncio.to_thread(
+                        _assemble, self._state.snapshot, model, self._config
+                    )
                     self._swap(state, model)
                 else:
                     self._model = model

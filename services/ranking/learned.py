@@ -45,6 +45,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "factor_recent_mean",
     "tower_user",  # cosine to the sequential user tower's vector (0 without a tower)
     "tower_user_x_cold",
+    "mapped_collaborative",  # user factor . (item vector mapped to a factor): text as CF
+    "mapped_x_cold",
 )
 
 

@@ -79,6 +79,12 @@ class ScorerConfig:
     # with the tower's vector instead (same sizes; a pool asked twice is searched once, with the
     # larger size). The content vector still scores every candidate (features).
     tower_replaces_content: bool = False
+    # Cold items by their text mapped into the collaborative space (ALDI / DropoutNet's idea in
+    # closed form: a ridge map from item vectors to the ALS item factors, fitted on the warm
+    # items of the served model), scored against the user's folded-in factor: a candidate source
+    # over the cold pool, and two ranker features. Ridge strength relative to items / dimension.
+    mapped_cold_pool: float = 0.25
+    content_map_ridge: float = 0.1
     # Recency weighting of the user vector: weight halves every ``history_half_life`` entries.
     history_half_life: float = 10.0
     max_history: int = 200
@@ -180,9 +186,17 @@ class CollaborativeView:
     evidence: FloatArray
     # Per model row: the item factor scaled to unit length (item-item cosines).
     unit_factors: FloatArray
+    # Item vector -> item factor (dimension x factors), fitted on the model's items; None when
+    # there are too few of them or the catalogue has no vectors.
+    content_map: FloatArray | None = None
+    # The snapshot's cold rows and their mapped factors (content_map applied).
+    cold_rows: RowArray = dataclasses.field(default_factory=lambda: _EMPTY_ROWS)
+    cold_mapped: FloatArray | None = None
 
     @classmethod
-    def build(cls, model: CollaborativeModel, snapshot: CatalogSnapshot) -> CollaborativeView:
+    def build(
+        cls, model: CollaborativeModel, snapshot: CatalogSnapshot, ridge: float = 0.1
+    ) -> CollaborativeView:
         catalog_rows = np.asarray(
             [snapshot.rows.get(item_id, -1) for item_id in model.item_ids], dtype=np.int64
         )
@@ -195,7 +209,45 @@ class CollaborativeView:
         evidence[catalog_rows[known]] = model.item_counts[known]
         norms = np.linalg.norm(model.item_factors, axis=1, keepdims=True)
         unit = (model.item_factors / np.maximum(norms, 1e-12)).astype(np.float32)
-        return cls(model, model_rows, catalog_rows, model_is_tail, evidence, unit)
+        content_map = fit_content_map(
+            snapshot.vectors[catalog_rows[known]], model.item_factors[known], ridge
+        )
+        cold_rows = np.flatnonzero(snapshot.is_cold & (model_rows < 0)).astype(np.int64)
+        cold_mapped = None
+        if content_map is not None:
+            cold_mapped = np.ascontiguousarray(snapshot.vectors[cold_rows] @ content_map)
+        return cls(
+            model,
+            model_rows,
+            catalog_rows,
+            model_is_tail,
+            evidence,
+            unit,
+            content_map,
+            cold_rows,
+            cold_mapped,
+        )
+
+
+def fit_content_map(vectors: FloatArray, factors: FloatArray, ridge: float) -> FloatArray | None:
+    """Ridge regression ``W = (X'X + lambda I)^-1 X'Y`` from item vectors to item factors.
+
+    ``lambda = ridge * items / dimension`` keeps the strength comparable across catalogue sizes.
+    None with fewer items than dimensions' worth of evidence (or no vectors).
+    """
+    if vectors.ndim != 2 or vectors.shape[0] < 2 or vectors.shape[1] == 0:
+        return None
+    x = vectors.astype(np.float64)
+    y = factors.astype(np.float64)
+    dimension = x.shape[1]
+    strength = max(ridge, 1e-6) * x.shape[0] / dimension
+    gram = x.T @ x + strength * np.eye(dimension)
+    try:
+        solution = np.linalg.solve(gram, x.T @ y)
+    except np.linalg.LinAlgError:
+        return None
+    mapped: FloatArray = solution.astype(np.float32)
+    return mapped
 
 
 def recency_weights(count: int, half_life: float) -> FloatArray:
@@ -451,6 +503,12 @@ def candidate_pool(
             tail_scores, _source_size(count, config.collaborative_tail_pool, config)
         )
         parts.append(collaborative.catalog_rows[top_tail])
+        mapped_size = _source_size(count, config.mapped_cold_pool, config)
+        if collaborative.cold_mapped is not None and mapped_size and len(collaborative.cold_rows):
+            cold_scores = (collaborative.cold_mapped @ user_factor).astype(np.float32)
+            if excluded.shape[0]:
+                cold_scores[np.isin(collaborative.cold_rows, excluded)] = -np.inf
+            parts.append(collaborative.cold_rows[_top_rows(cold_scores, mapped_size)])
     if content_vector is None:
         # No content signal: popular items, and popular tail items so that the tail has a place.
         parts.append(_first_not_excluded(snapshot.popular_rows, excluded, count))
@@ -518,6 +576,15 @@ def candidate_pool(
             factor_recent_max[known] = cosines.max(axis=1)
             factor_recent_mean[known] = cosines.mean(axis=1)
 
+    # The collaborative score an item's text predicts (every pool item; the only one cold items
+    # have).
+    mapped = np.zeros(n, dtype=np.float32)
+    if (
+        user_factor is not None
+        and collaborative is not None
+        and collaborative.content_map is not None
+    ):
+        mapped = ((pool_vectors @ collaborative.content_map) @ user_factor).astype(np.float32)
     tower_similarity = np.zeros(n, dtype=np.float32)
     if tower_vector is not None:
         tower_similarity = (pool_vectors @ tower_vector).astype(np.float32)
@@ -550,6 +617,8 @@ def candidate_pool(
             factor_recent_mean,
             tower_similarity,
             tower_similarity * cold,
+            mapped,
+            mapped * cold,
         ]
     ).astype(np.float32)
     return CandidatePool(

@@ -245,7 +245,7 @@ def train_ranker(
     past = restat_snapshot(snapshot, _stats(snapshot, history), index_params) or snapshot
     # The tower of the features: fitted on the history part only, like the ALS above.
     model.tower = fit_tower(past, history, params)
-    view = CollaborativeView.build(model, past)
+    view = CollaborativeView.build(model, past, scorer_config.content_map_ridge)
     users = sorted(labels)
     if len(users) > params.max_users:
         stride = len(users) / params.max_users

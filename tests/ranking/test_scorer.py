@@ -15,6 +15,7 @@ from services.ranking.catalog import CatalogSnapshot, build_snapshot
 from services.ranking.collaborative import AlsParams, InteractionBatch, train_als
 from services.ranking.config import RankingSettings
 from services.ranking.index import IndexParams
+from services.ranking.learned import FEATURE_NAMES
 from services.ranking.scorer import (
     CollaborativeView,
     HistoryItem,
@@ -23,6 +24,7 @@ from services.ranking.scorer import (
     VectorSource,
     blend,
     evidence_weight,
+    fit_content_map,
     min_max,
     rank,
     recency_weights,
@@ -322,3 +324,40 @@ def test_source_sizes_are_settings_and_must_be_non_negative() -> None:
     for bad in ("-1", "nan", "inf"):
         with pytest.raises(SettingsError, match="tail_pool"):
             load_settings(RankingSettings, "LONGTAIL_RANKING_", {"LONGTAIL_RANKING_TAIL_POOL": bad})
+
+
+def test_the_content_map_recovers_a_linear_relation() -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((500, 12)).astype(np.float32)
+    truth = rng.standard_normal((12, 4)).astype(np.float32)
+    mapped = fit_content_map(vectors, vectors @ truth, ridge=1e-4)
+    assert mapped is not None and mapped.shape == (12, 4)
+    np.testing.assert_allclose(mapped, truth, atol=1e-2)
+    assert fit_content_map(vectors[:1], (vectors @ truth)[:1], 0.1) is None
+
+
+def test_cold_items_reach_the_pool_through_their_mapped_factors(
+    world: World, snapshot: CatalogSnapshot, view: CollaborativeView
+) -> None:
+    # The map is fitted on the model's (warm) items; every cold item gets a mapped factor.
+    assert view.content_map is not None and view.cold_mapped is not None
+    assert len(view.cold_rows) == int(snapshot.is_cold.sum()) > 0
+    user = "user-0003"
+    liked, _ = world.users[user]
+    # Every content source off: cold items can only come from the mapped source.
+    only_mapped = dataclasses.replace(
+        CONFIG, content_pool=0.0, tail_pool=0.0, cold_pool=0.0, short_term_pool=0.0
+    )
+    pool = scorer.candidate_pool(
+        snapshot, view, RankQuery(history_of(world, user), 40), only_mapped
+    )
+    cold = [snapshot.item_ids[r] for r in pool.rows if snapshot.is_cold[r]]
+    assert len(cold) == 20  # max(min_source, 0.25 x 40)
+    # Mapped from text to the collaborative space, they are the user's kind of items.
+    assert sum(category(world, item) == liked for item in cold) >= 18
+    mapped = FEATURE_NAMES.index("mapped_collaborative")
+    rows_cold = snapshot.is_cold[pool.rows]
+    assert np.all(pool.features[rows_cold, mapped] != 0.0)
+    off = dataclasses.replace(only_mapped, mapped_cold_pool=0.0)
+    pool_off = scorer.candidate_pool(snapshot, view, RankQuery(history_of(world, user), 40), off)
+    assert not snapshot.is_cold[pool_off.rows].any()
