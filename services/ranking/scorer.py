@@ -78,7 +78,7 @@ class ScorerConfig:
     # With a tower vector, the content vector's sources (all items, tail pool, cold pool) search
     # with the tower's vector instead (same sizes; a pool asked twice is searched once, with the
     # larger size). The content vector still scores every candidate (features).
-    tower_replaces_content: bool = False
+    tower_replaces_content: bool = True
     # Cold items by their text mapped into the collaborative space (ALDI / DropoutNet's idea in
     # closed form: a ridge map from item vectors to the ALS item factors, fitted on the warm
     # items of the served model), scored against the user's folded-in factor: a candidate source
@@ -192,6 +192,8 @@ class CollaborativeView:
     # The snapshot's cold rows and their mapped factors (content_map applied).
     cold_rows: RowArray = dataclasses.field(default_factory=lambda: _EMPTY_ROWS)
     cold_mapped: FloatArray | None = None
+    # Per catalogue row: its position in ``cold_rows``, or -1 (exclusions in O(excluded)).
+    cold_position: RowArray = dataclasses.field(default_factory=lambda: _EMPTY_ROWS)
 
     @classmethod
     def build(
@@ -216,6 +218,8 @@ class CollaborativeView:
         cold_mapped = None
         if content_map is not None:
             cold_mapped = np.ascontiguousarray(snapshot.vectors[cold_rows] @ content_map)
+        cold_position = np.full(snapshot.size, -1, dtype=np.int64)
+        cold_position[cold_rows] = np.arange(cold_rows.shape[0])
         return cls(
             model,
             model_rows,
@@ -226,6 +230,7 @@ class CollaborativeView:
             content_map,
             cold_rows,
             cold_mapped,
+            cold_position,
         )
 
 
@@ -507,7 +512,8 @@ def candidate_pool(
         if collaborative.cold_mapped is not None and mapped_size and len(collaborative.cold_rows):
             cold_scores = (collaborative.cold_mapped @ user_factor).astype(np.float32)
             if excluded.shape[0]:
-                cold_scores[np.isin(collaborative.cold_rows, excluded)] = -np.inf
+                positions = collaborative.cold_position[excluded]
+                cold_scores[positions[positions >= 0]] = -np.inf
             parts.append(collaborative.cold_rows[_top_rows(cold_scores, mapped_size)])
     if content_vector is None:
         # No content signal: popular items, and popular tail items so that the tail has a place.

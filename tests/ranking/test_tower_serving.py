@@ -119,10 +119,11 @@ def test_the_tower_can_replace_the_content_vector_in_retrieval(
     view = CollaborativeView.build(fitted.model, snapshot)
     _, items = world.users["user-0003"]
     query = RankQuery([HistoryItem(i) for i in items], 40)
-    both = candidate_pool(snapshot, view, query, CONFIG)
-    replaced = candidate_pool(
-        snapshot, view, query, dataclasses.replace(CONFIG, tower_replaces_content=True)
+    assert CONFIG.tower_replaces_content  # the default (evaluation in the README)
+    both = candidate_pool(
+        snapshot, view, query, dataclasses.replace(CONFIG, tower_replaces_content=False)
     )
+    replaced = candidate_pool(snapshot, view, query, CONFIG)
     tail, cold = id(snapshot.tail_pool), id(snapshot.cold_pool)
     everything = id(None)
     # Content (query 0): all 40, tail 20, cold 20; tower (1): all 40, cold 20; short term (2).
