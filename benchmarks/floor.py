@@ -99,7 +99,7 @@ S = TypeVar("S")
 # The processes whose CPU the floor counts besides its own (new users' interests).
 EMBEDDING_PROCESSES = ("embeddings", TRITON)
 # The profiles store's interaction kinds as ranking weighs them (the servicers' enum numbers).
-_KIND_NUMBERS = {
+KIND_NUMBERS = {
     "view": KIND_VIEW,
     "click": KIND_CLICK,
     "purchase": KIND_PURCHASE,
@@ -367,7 +367,7 @@ class Floor:
                 user_id=user_id,
                 history=[
                     HistoryItem(
-                        entry.item_id, interaction_weight(_KIND_NUMBERS[entry.kind], entry.value)
+                        entry.item_id, interaction_weight(KIND_NUMBERS[entry.kind], entry.value)
                     )
                     for entry in history
                 ],
