@@ -42,7 +42,15 @@ import numpy.typing as npt
 
 from services.ranking.catalog import CatalogSnapshot
 from services.ranking.collaborative import CollaborativeModel
-from services.ranking.index import BoolArray, FloatArray, RowArray, SearchRequest, multi_search
+from services.ranking.index import (
+    BoolArray,
+    FloatArray,
+    IndexParams,
+    RowArray,
+    SearchRequest,
+    VectorIndex,
+    multi_search,
+)
 from services.ranking.learned import FEATURE_NAMES, LearnedRanker
 
 _EMPTY_ROWS = np.empty(0, dtype=np.int64)
@@ -189,9 +197,10 @@ class CollaborativeView:
     # Item vector -> item factor (dimension x factors), fitted on the model's items; None when
     # there are too few of them or the catalogue has no vectors.
     content_map: FloatArray | None = None
-    # The snapshot's cold rows and their mapped factors (content_map applied).
+    # The snapshot's cold rows and an exact inner-product index over their mapped factors
+    # (content_map applied; index row i is cold_rows[i]).
     cold_rows: RowArray = dataclasses.field(default_factory=lambda: _EMPTY_ROWS)
-    cold_mapped: FloatArray | None = None
+    cold_mapped: VectorIndex | None = None
     # Per catalogue row: its position in ``cold_rows``, or -1 (exclusions in O(excluded)).
     cold_position: RowArray = dataclasses.field(default_factory=lambda: _EMPTY_ROWS)
 
@@ -216,8 +225,13 @@ class CollaborativeView:
         )
         cold_rows = np.flatnonzero(snapshot.is_cold & (model_rows < 0)).astype(np.int64)
         cold_mapped = None
-        if content_map is not None:
-            cold_mapped = np.ascontiguousarray(snapshot.vectors[cold_rows] @ content_map)
+        if content_map is not None and cold_rows.shape[0]:
+            # FAISS's exact scan: half the CPU of numpy's product + argpartition at 80k rows.
+            cold_mapped = VectorIndex.build(
+                snapshot.vectors[cold_rows] @ content_map,
+                IndexParams(exact_max_items=cold_rows.shape[0]),
+                "mapped-cold",
+            )
         cold_position = np.full(snapshot.size, -1, dtype=np.int64)
         cold_position[cold_rows] = np.arange(cold_rows.shape[0])
         return cls(
@@ -509,12 +523,12 @@ def candidate_pool(
         )
         parts.append(collaborative.catalog_rows[top_tail])
         mapped_size = _source_size(count, config.mapped_cold_pool, config)
-        if collaborative.cold_mapped is not None and mapped_size and len(collaborative.cold_rows):
-            cold_scores = (collaborative.cold_mapped @ user_factor).astype(np.float32)
-            if excluded.shape[0]:
-                positions = collaborative.cold_position[excluded]
-                cold_scores[positions[positions >= 0]] = -np.inf
-            parts.append(collaborative.cold_rows[_top_rows(cold_scores, mapped_size)])
+        if collaborative.cold_mapped is not None and mapped_size:
+            positions = collaborative.cold_position[excluded]
+            nearest = collaborative.cold_mapped.search(
+                user_factor, mapped_size, exclude=positions[positions >= 0]
+            )
+            parts.append(collaborative.cold_rows[nearest.rows])
     if content_vector is None:
         # No content signal: popular items, and popular tail items so that the tail has a place.
         parts.append(_first_not_excluded(snapshot.popular_rows, excluded, count))
