@@ -90,7 +90,8 @@ class ScorerConfig:
     # Cold items by their text mapped into the collaborative space (ALDI / DropoutNet's idea in
     # closed form: a ridge map from item vectors to the ALS item factors, fitted on the warm
     # items of the served model), scored against the user's folded-in factor: a candidate source
-    # over the cold pool, and two ranker features. Ridge strength relative to items / dimension.
+    # over the cold pool, and two ranker features. Ridge strength relative to items / dimension,
+    # used only where the model's ranker does not carry the one chosen on its validation slice.
     mapped_cold_pool: float = 0.25
     content_map_ridge: float = 0.1
     # Recency weighting of the user vector: weight halves every ``history_half_life`` entries.
@@ -208,6 +209,12 @@ class CollaborativeView:
     def build(
         cls, model: CollaborativeModel, snapshot: CatalogSnapshot, ridge: float = 0.1
     ) -> CollaborativeView:
+        """``ridge`` is the map's strength unless the model's ranker carries the one chosen on
+        its validation slice (``training.choose_map_ridge``)."""
+        if model.ranker is not None:
+            chosen = model.ranker.info.get("content_map_ridge")
+            if isinstance(chosen, int | float) and math.isfinite(chosen) and chosen > 0:
+                ridge = float(chosen)
         catalog_rows = np.asarray(
             [snapshot.rows.get(item_id, -1) for item_id in model.item_ids], dtype=np.int64
         )

@@ -23,8 +23,9 @@ from services.ranking.scorer import (
     RankQuery,
     ScorerConfig,
     candidate_pool,
+    fit_content_map,
 )
-from services.ranking.training import FittedModels, RankerTrainingParams, fit_models
+from services.ranking.training import MAP_RIDGES, FittedModels, RankerTrainingParams, fit_models
 from tests.ranking.synthetic import World, make_world
 
 ALS = AlsParams(factors=16, iterations=8)
@@ -139,3 +140,22 @@ def test_the_tower_can_replace_the_content_vector_in_retrieval(
     assert np.abs(replaced.features[:, similarity]).max() > 0.1
     assert np.abs(replaced.features[:, TOWER]).max() > 0.1
     assert len(replaced.rows) and len(both.rows)
+
+
+def test_the_map_strength_is_chosen_on_the_slice_and_served(
+    snapshot: CatalogSnapshot, fitted: FittedModels
+) -> None:
+    ranker = fitted.model.ranker
+    assert ranker is not None
+    recalls = ranker.info["content_map_cold_recall@20"]
+    assert set(recalls) == {f"{r:g}" for r in MAP_RIDGES}
+    chosen = ranker.info["content_map_ridge"]
+    assert recalls[f"{chosen:g}"] == max(recalls.values())
+    # Serving builds its map with the chosen strength, whatever the fallback says.
+    view = CollaborativeView.build(fitted.model, snapshot, ridge=123.0)
+    known = view.catalog_rows >= 0
+    expected = fit_content_map(
+        snapshot.vectors[view.catalog_rows[known]], fitted.model.item_factors[known], chosen
+    )
+    assert view.content_map is not None and expected is not None
+    np.testing.assert_allclose(view.content_map, expected, rtol=1e-5, atol=1e-6)
