@@ -28,6 +28,7 @@ from longtail_client.client import DEFAULT_TARGETS, LongtailClient, policy_spec
 from services.suite.evaluation.command import add_eval_arguments, cmd_eval
 
 if TYPE_CHECKING:
+    from services.ranking.config import RankingSettings
     from services.suite.local import LocalSuite
 
 console = Console()
@@ -174,6 +175,19 @@ async def cmd_index(args: argparse.Namespace) -> None:
     )
 
 
+def _with_store_arguments(settings: RankingSettings, args: argparse.Namespace) -> RankingSettings:
+    """``settings`` with the artefact store the command line names (``_add_store_arguments``)."""
+    import dataclasses
+
+    if args.artifact_dir:
+        settings = dataclasses.replace(settings, artifact_dir=Path(args.artifact_dir))
+    if args.store_url:
+        settings = dataclasses.replace(settings, artifact_store_url=args.store_url)
+    if args.s3_endpoint:
+        settings = dataclasses.replace(settings, artifact_s3_endpoint=args.s3_endpoint)
+    return settings
+
+
 async def cmd_train(args: argparse.Namespace) -> None:
     """The training job in this process (not in ranking): read through profiles, fit, write the
     bundle to the artefact store, publish it; ranking replicas switch at their next poll."""
@@ -192,12 +206,7 @@ async def cmd_train(args: argparse.Namespace) -> None:
         client_auth_token=args.token or os.environ.get("LONGTAIL_AUTH_TOKEN"),
         client_tls_ca_file=Path(args.tls_ca) if args.tls_ca else None,
     )
-    if args.artifact_dir:
-        ranking = dataclasses.replace(ranking, artifact_dir=Path(args.artifact_dir))
-    if args.store_url:
-        ranking = dataclasses.replace(ranking, artifact_store_url=args.store_url)
-    if args.s3_endpoint:
-        ranking = dataclasses.replace(ranking, artifact_s3_endpoint=args.s3_endpoint)
+    ranking = _with_store_arguments(ranking, args)
     job = dataclasses.replace(
         load_settings(TrainingSettings, TRAINING_PREFIX),
         factors=args.factors,
@@ -240,7 +249,6 @@ async def cmd_train(args: argparse.Namespace) -> None:
 async def cmd_prune_bundles(args: argparse.Namespace) -> None:
     """Delete the bundles that fell out of every kind's rollback window (the registry's last
     ``--keep`` published versions per kind stay, the active one among them)."""
-    import dataclasses
 
     from services.common.artifacts import (
         delete_bundles,
@@ -256,13 +264,7 @@ async def cmd_prune_bundles(args: argparse.Namespace) -> None:
 
     if args.keep < 1:
         raise SystemExit("--keep must be >= 1 (the active version of each kind always stays)")
-    settings = load_settings(RankingSettings, RANKING_PREFIX)
-    if args.artifact_dir:
-        settings = dataclasses.replace(settings, artifact_dir=Path(args.artifact_dir))
-    if args.store_url:
-        settings = dataclasses.replace(settings, artifact_store_url=args.store_url)
-    if args.s3_endpoint:
-        settings = dataclasses.replace(settings, artifact_s3_endpoint=args.s3_endpoint)
+    settings = _with_store_arguments(load_settings(RankingSettings, RANKING_PREFIX), args)
     store = open_store(settings.store_settings())
     client = _client(args)
     try:
@@ -389,6 +391,18 @@ async def _demo(args: argparse.Namespace, targets: dict[str, str]) -> None:
         print_recommendation(cold, "Recommend for a new user with stated interests")
 
 
+def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the bundles are (train, prune-bundles), over the LONGTAIL_RANKING_ARTIFACT_* ones."""
+    parser.add_argument(
+        "--artifact-dir",
+        help="bundle folder (default LONGTAIL_RANKING_ARTIFACT_DIR or .longtail/artifacts)",
+    )
+    parser.add_argument(
+        "--store-url", help="s3://bucket/prefix instead of the folder (AWS_* credentials)"
+    )
+    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longtail", description=__doc__)
     for name in DEFAULT_TARGETS:
@@ -452,14 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--factors", type=int, default=0)
     p.add_argument("--iterations", type=int, default=0)
-    p.add_argument(
-        "--artifact-dir",
-        help="bundle folder (default LONGTAIL_RANKING_ARTIFACT_DIR or .longtail/artifacts)",
-    )
-    p.add_argument(
-        "--store-url", help="s3://bucket/prefix instead of the folder (AWS_* credentials)"
-    )
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    _add_store_arguments(p)
     p.add_argument("--no-publish", action="store_true", help="write the bundle, do not publish it")
     p.add_argument("--reason", default="longtail train", help="why (recorded in the registry)")
     p.add_argument("--published-by", help="who (default: training job on <host>)")
@@ -488,14 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also delete complete bundles that were never published",
     )
-    p.add_argument(
-        "--artifact-dir",
-        help="bundle folder (default LONGTAIL_RANKING_ARTIFACT_DIR or .longtail/artifacts)",
-    )
-    p.add_argument(
-        "--store-url", help="s3://bucket/prefix instead of the folder (AWS_* credentials)"
-    )
-    p.add_argument("--s3-endpoint", help="S3-compatible endpoint, e.g. http://127.0.0.1:8333")
+    _add_store_arguments(p)
 
     p = sub.add_parser("migrate", help="create or upgrade the store schema (Alembic)")
     p.add_argument("--database-url")

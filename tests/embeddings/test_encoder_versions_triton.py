@@ -26,7 +26,7 @@ from longtail.embeddings.v1 import embeddings_service_pb2 as epb
 from longtail.embeddings.v1 import embeddings_service_pb2_grpc as epb_grpc
 from longtail.profiles.v1 import profiles_service_pb2 as ppb
 from longtail.profiles.v1 import profiles_service_pb2_grpc as ppb_grpc
-from services.common.artifacts import LocalFolderStore, code_version
+from services.common.artifacts import LocalFolderStore, Manifest, code_version
 from services.embeddings.tritonserver import load_model_module
 from services.embeddings.versions import ENCODER_KIND, new_triton_version, save_encoder_bundle
 from services.suite.local import LocalSuite, SuiteConfig
@@ -75,6 +75,48 @@ def _vectors(response: epb.EmbedTextsResponse) -> np.ndarray[Any, np.dtype[np.fl
     return np.array([list(e.values) for e in response.embeddings], dtype=np.float32)
 
 
+def _suite_config(tmp_path: Path, **embeddings_env: str) -> SuiteConfig:
+    """Triton, profiles and embeddings, the registry polled every 0.2 s."""
+    return SuiteConfig(
+        workdir=tmp_path / "suite",
+        services=("profiles", "embeddings"),
+        start_timeout_seconds=BOUND,
+        extra_env={
+            "embeddings": {
+                "LONGTAIL_EMBEDDINGS_ENCODER_POLL_SECONDS": "0.2",
+                "LONGTAIL_EMBEDDINGS_READY_TIMEOUT_SECONDS": "60",
+                **embeddings_env,
+            }
+        },
+    )
+
+
+async def _publish(
+    suite: LocalSuite, profiles: Any, folder: Path, onnx: Path, fingerprint: str
+) -> tuple[int, Manifest]:
+    """What the training job does with a fine-tuned encoder: a bundle in the suite's store, then
+    the publication; the Triton version number and the manifest."""
+    number = new_triton_version()
+    manifest = save_encoder_bundle(
+        LocalFolderStore(suite.artifact_dir),
+        folder,
+        onnx,
+        fingerprint=fingerprint,
+        triton_version=number,
+        code_version=code_version(),
+    )
+    await profiles.PublishModel(
+        ppb.PublishModelRequest(
+            model_kind=ENCODER_KIND,
+            version=manifest.bundle_id,
+            manifest_sha256=manifest.sha256,
+            published_by="test",
+        ),
+        timeout=30,
+    )
+    return number, manifest
+
+
 async def _wait_version(stub: Any, wanted: str) -> epb.GetModelInfoResponse:
     deadline = time.monotonic() + BOUND
     while True:
@@ -97,17 +139,7 @@ async def test_triton_serves_two_versions_and_embeddings_picks_the_published_one
     fingerprint = module.model_fingerprint(folder)
     expected: Sequence[Any] = module.Encoder(folder, runtime="torch").encode(TEXTS)
 
-    config = SuiteConfig(
-        workdir=tmp_path / "suite",
-        services=("profiles", "embeddings"),
-        start_timeout_seconds=BOUND,
-        extra_env={
-            "embeddings": {
-                "LONGTAIL_EMBEDDINGS_ENCODER_POLL_SECONDS": "0.2",
-                "LONGTAIL_EMBEDDINGS_READY_TIMEOUT_SECONDS": "60",
-            }
-        },
-    )
+    config = _suite_config(tmp_path)
     async with (
         LocalSuite(config) as suite,
         grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
@@ -122,24 +154,7 @@ async def test_triton_serves_two_versions_and_embeddings_picks_the_published_one
         )
 
         # The training job's part: a bundle in the suite's store, published.
-        number = new_triton_version()
-        manifest = save_encoder_bundle(
-            LocalFolderStore(suite.artifact_dir),
-            folder,
-            onnx,
-            fingerprint=fingerprint,
-            triton_version=number,
-            code_version=code_version(),
-        )
-        await profiles.PublishModel(
-            ppb.PublishModelRequest(
-                model_kind=ENCODER_KIND,
-                version=manifest.bundle_id,
-                manifest_sha256=manifest.sha256,
-                published_by="test",
-            ),
-            timeout=30,
-        )
+        number, _ = await _publish(suite, profiles, folder, onnx, fingerprint)
         await _wait_version(embeddings, f"{number}-{fingerprint}")
         tuned = await embeddings.EmbedTexts(epb.EmbedTextsRequest(texts=TEXTS), timeout=60)
         assert tuned.model_version == f"{number}-{fingerprint}"
@@ -198,19 +213,8 @@ async def test_the_installer_beside_triton_installs_what_embeddings_cannot(
     onnx = module.export_onnx(folder, tmp_path / "tuned.onnx")
     fingerprint = module.model_fingerprint(folder)
 
-    config = SuiteConfig(
-        workdir=tmp_path / "suite",
-        services=("profiles", "embeddings"),
-        start_timeout_seconds=BOUND,
-        extra_env={
-            "embeddings": {
-                "LONGTAIL_EMBEDDINGS_ENCODER_POLL_SECONDS": "0.2",
-                "LONGTAIL_EMBEDDINGS_READY_TIMEOUT_SECONDS": "60",
-                # No access to the repository: as a separate pod.
-                "LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY": "",
-            }
-        },
-    )
+    # No access to the repository: as a separate pod.
+    config = _suite_config(tmp_path, LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY="")
     async with (
         LocalSuite(config) as suite,
         grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
@@ -218,24 +222,7 @@ async def test_the_installer_beside_triton_installs_what_embeddings_cannot(
     ):
         embeddings = epb_grpc.EmbeddingsServiceStub(embeddings_channel)
         profiles = ppb_grpc.ProfilesServiceStub(profiles_channel)
-        number = new_triton_version()
-        manifest = save_encoder_bundle(
-            LocalFolderStore(suite.artifact_dir),
-            folder,
-            onnx,
-            fingerprint=fingerprint,
-            triton_version=number,
-            code_version=code_version(),
-        )
-        await profiles.PublishModel(
-            ppb.PublishModelRequest(
-                model_kind=ENCODER_KIND,
-                version=manifest.bundle_id,
-                manifest_sha256=manifest.sha256,
-                published_by="test",
-            ),
-            timeout=30,
-        )
+        number, manifest = await _publish(suite, profiles, folder, onnx, fingerprint)
         assert suite.triton_url is not None and suite.triton_repository is not None
         model_dir = suite.triton_repository / "text_encoder"
         # Published, but nobody can install it yet: embeddings keeps the base version.

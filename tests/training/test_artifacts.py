@@ -3,7 +3,6 @@ a bundle whose bytes differ from its manifest is refused."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ FILES = {
     "collaborative/item_ids.json": b'["a", "b"]',
     "ranker/ranker.json": b"{}",
 }
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
-    if request.param == "local":
-        return LocalFolderStore(tmp_path / "artifacts")
-    seaweed: SeaweedS3 = request.getfixturevalue("seaweed")
-    return seaweed.store("longtail", f"test-{uuid.uuid4().hex[:8]}")
 
 
 def _write(store: ArtifactStore, bundle_id: str = "b-1") -> None:

@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,20 +25,11 @@ from services.ranking.config import RankingSettings
 from services.training.config import TrainingSettings
 from services.training.job import run_training
 from tests.s3server import ACCESS_KEY, SECRET_KEY, SeaweedS3
-from tests.training.world import ServedProfiles, serve_profiles
+from tests.training.world import ServedProfiles
 
 # Nothing listens there: the job then loads the vectors the store holds (no embeddings service).
 NO_EMBEDDINGS = "127.0.0.1:9"
 FAST = TrainingSettings(factors=8, iterations=3, reason="test", published_by="pytest")
-
-
-@pytest.fixture
-async def profiles(tmp_path: Path) -> AsyncIterator[ServedProfiles]:
-    served = await serve_profiles(tmp_path)
-    try:
-        yield served
-    finally:
-        await served.close()
 
 
 def ranking_settings(profiles: ServedProfiles, **fields: object) -> RankingSettings:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +23,7 @@ from services.common.artifacts import (
     read_bundle,
     write_bundle,
 )
-from tests.s3server import SeaweedS3
-from tests.training.world import ServedProfiles, serve_profiles
+from tests.training.world import ServedProfiles
 
 FILES = {"model/weights.bin": b"w" * 1000, "model/meta.json": b"{}"}
 
@@ -58,14 +55,6 @@ def test_plan_keeps_the_last_published_versions_of_each_kind() -> None:
         plan_prune(stored, publications, keep=0)
 
 
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
-    if request.param == "local":
-        return LocalFolderStore(tmp_path / "artifacts")
-    seaweed: SeaweedS3 = request.getfixturevalue("seaweed")
-    return seaweed.store("longtail", f"prune-{uuid.uuid4().hex[:8]}")
-
-
 def test_deleting_bundles_removes_every_file_and_leaves_the_others_whole(
     store: ArtifactStore, tmp_path: Path
 ) -> None:
@@ -78,15 +67,6 @@ def test_deleting_bundles_removes_every_file_and_leaves_the_others_whole(
     assert read_bundle(store, "b")[1] == FILES
     if isinstance(store, LocalFolderStore):  # no empty folders either
         assert sorted(p.name for p in (tmp_path / "artifacts" / "bundles").iterdir()) == ["b"]
-
-
-@pytest.fixture
-async def profiles(tmp_path: Path) -> AsyncIterator[ServedProfiles]:
-    served = await serve_profiles(tmp_path)
-    try:
-        yield served
-    finally:
-        await served.close()
 
 
 async def test_prune_bundles_command_keeps_each_kinds_window(
