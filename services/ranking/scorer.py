@@ -13,8 +13,9 @@ Sources, each excluding the request's exclusions:
 - without any user signal: the most popular items and the most popular tail items.
 Source sizes are settings (``LONGTAIL_RANKING_*_POOL``; 0 switches a source off). On HNSW a pool
 source costs no walk of its own when the all-items answer to its query already holds enough pool
-members (``index.multi_search``), so a request walks the graph about three times (content, tower,
-short-term) where tail and cold items are common.
+members (``index.multi_search``); with a tower whose vector takes the content sources
+(``tower_replaces_content``) a request walks the graph twice (tower, short term) where tail and
+cold items are common.
 
 Scoring. With a learned ranker (``learned.py``, fitted by ``training.py`` with every TrainModel)
 the score is its logit over per-candidate features: the collaborative score (fold-in), cosine to
@@ -207,7 +208,10 @@ class CollaborativeView:
 
     @classmethod
     def build(
-        cls, model: CollaborativeModel, snapshot: CatalogSnapshot, ridge: float = 0.1
+        cls,
+        model: CollaborativeModel,
+        snapshot: CatalogSnapshot,
+        ridge: float = ScorerConfig.content_map_ridge,
     ) -> CollaborativeView:
         """``ridge`` is the map's strength unless the model's ranker carries the one chosen on
         its validation slice (``training.choose_map_ridge``)."""

@@ -32,7 +32,7 @@ from services.ranking.collaborative import (
     InteractionBatch,
     train_als,
 )
-from services.ranking.index import IndexParams
+from services.ranking.index import FloatArray, IndexParams, RowArray
 from services.ranking.learned import LearnedRanker, fit_ranker
 from services.ranking.scorer import (
     CollaborativeView,
@@ -292,7 +292,7 @@ def train_ranker(
             "simulated_cold_items": len(cold),
             "tower": model.tower is not None,
             "cold_positives": cold_labels,
-            # Serving builds its map with the same strength (``map_ridge``).
+            # Serving builds its map with the same strength (CollaborativeView.build reads it).
             "content_map_ridge": ridge,
             "content_map_cold_recall@20": ridge_recalls,
             "seconds": round(time.perf_counter() - started, 3),
@@ -329,13 +329,9 @@ def choose_map_ridge(
     users = []
     for user, wanted in sorted(labels.items()):
         targets = wanted & cold_set
-        events = [e for e in history.get(user, []) if e.item_id in model.item_rows]
-        if not targets or not events:
+        if not targets:
             continue
-        factor = model.fold_in(
-            np.asarray([model.item_rows[e.item_id] for e in events], dtype=np.int64),
-            [e.weight for e in events],
-        )
+        factor, _ = _history_factor(model, history.get(user, []))
         if factor is not None:
             users.append((factor, targets))
     if not users:
@@ -360,6 +356,15 @@ def choose_map_ridge(
     return best, recalls
 
 
+def _history_factor(
+    model: CollaborativeModel, events: Sequence[_Event]
+) -> tuple[FloatArray | None, RowArray]:
+    """A user's folded-in factor from the history events the model knows, and their model rows."""
+    known = [e for e in events if e.item_id in model.item_rows]
+    rows = np.asarray([model.item_rows[e.item_id] for e in known], dtype=np.int64)
+    return model.fold_in(rows, [e.weight for e in known]), rows
+
+
 def collaborative_validation(
     model: CollaborativeModel,
     history: dict[str, list[_Event]],
@@ -373,16 +378,11 @@ def collaborative_validation(
     recall = ndcg = 0.0
     counted = 0
     for user in users:
-        events = history.get(user, [])
-        rows = [model.item_rows[e.item_id] for e in events if e.item_id in model.item_rows]
-        factor = model.fold_in(
-            np.asarray(rows, dtype=np.int64),
-            [e.weight for e in events if e.item_id in model.item_rows],
-        )
+        factor, rows = _history_factor(model, history.get(user, []))
         if factor is None:
             continue
         scores = model.scores(factor)
-        scores[np.asarray(rows, dtype=np.int64)] = -np.inf
+        scores[rows] = -np.inf
         top = np.argpartition(-scores, min(k, scores.shape[0] - 1))[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         wanted = labels[user]

@@ -9,11 +9,12 @@ writes, without spending minutes on training here (fine-tuning is tested in test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,21 @@ def _suite_config(tmp_path: Path, **embeddings_env: str) -> SuiteConfig:
     )
 
 
+@contextlib.asynccontextmanager
+async def _running(config: SuiteConfig) -> AsyncIterator[tuple[LocalSuite, Any, Any]]:
+    """The suite, with stubs of its embeddings and profiles services."""
+    async with (
+        LocalSuite(config) as suite,
+        grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
+        grpc.aio.insecure_channel(suite.target("profiles")) as profiles_channel,
+    ):
+        yield (
+            suite,
+            epb_grpc.EmbeddingsServiceStub(embeddings_channel),
+            ppb_grpc.ProfilesServiceStub(profiles_channel),
+        )
+
+
 async def _publish(
     suite: LocalSuite, profiles: Any, folder: Path, onnx: Path, fingerprint: str
 ) -> tuple[int, Manifest]:
@@ -140,13 +156,7 @@ async def test_triton_serves_two_versions_and_embeddings_picks_the_published_one
     expected: Sequence[Any] = module.Encoder(folder, runtime="torch").encode(TEXTS)
 
     config = _suite_config(tmp_path)
-    async with (
-        LocalSuite(config) as suite,
-        grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
-        grpc.aio.insecure_channel(suite.target("profiles")) as profiles_channel,
-    ):
-        embeddings = epb_grpc.EmbeddingsServiceStub(embeddings_channel)
-        profiles = ppb_grpc.ProfilesServiceStub(profiles_channel)
+    async with _running(config) as (suite, embeddings, profiles):
         before = await embeddings.GetModelInfo(epb.GetModelInfoRequest(), timeout=60)
         assert before.model_version.startswith("1-")
         base_vectors = _vectors(
@@ -215,13 +225,7 @@ async def test_the_installer_beside_triton_installs_what_embeddings_cannot(
 
     # No access to the repository: as a separate pod.
     config = _suite_config(tmp_path, LONGTAIL_EMBEDDINGS_TRITON_REPOSITORY="")
-    async with (
-        LocalSuite(config) as suite,
-        grpc.aio.insecure_channel(suite.target("embeddings")) as embeddings_channel,
-        grpc.aio.insecure_channel(suite.target("profiles")) as profiles_channel,
-    ):
-        embeddings = epb_grpc.EmbeddingsServiceStub(embeddings_channel)
-        profiles = ppb_grpc.ProfilesServiceStub(profiles_channel)
+    async with _running(config) as (suite, embeddings, profiles):
         number, manifest = await _publish(suite, profiles, folder, onnx, fingerprint)
         assert suite.triton_url is not None and suite.triton_repository is not None
         model_dir = suite.triton_repository / "text_encoder"
