@@ -45,7 +45,12 @@ async def build(settings: ExposureSettings) -> ServiceDefinition:
             timeout_seconds=settings.profiles_timeout_seconds,
         )
     )
-    stats = ProfilesStatsSource(channel, cache_ttl_seconds=settings.stats_cache_seconds)
+    stats = ProfilesStatsSource(
+        channel,
+        cache_ttl_seconds=settings.stats_cache_seconds,
+        mirror_refresh_seconds=settings.stats_mirror_seconds,
+    )
+    stats.start()
     definition = build_with(settings, stats)
 
     async def close() -> None:

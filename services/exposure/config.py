@@ -34,6 +34,11 @@ class ExposureSettings:
     # on every request, so that a list depends only on the requests served before it, never on
     # timing (``longtail eval`` runs so; its lists are reproducible run to run).
     stats_cache_seconds: float = 2.0
+    # With the cache on, a mirror of every non-zero counter reads what changed this often (one
+    # ListItemStats call, whatever the request rate), so that a Rerank makes no profiles call:
+    # a served count then lags the impression log by about this plus the read. 0: no mirror
+    # (every candidate not read in the last seconds is read inline, as with the cache alone).
+    stats_mirror_seconds: float = 1.0
     # false: counters that cannot be read in time count as zero and the Rerank still succeeds
     # (serving never fails for them). true: the Rerank fails UNAVAILABLE (EXPOSURE_COUNTERS_
     # UNAVAILABLE) and the gateway serves, and counts, its fallback instead of a list computed
@@ -45,6 +50,8 @@ class ExposureSettings:
     def __post_init__(self) -> None:
         if self.stats_cache_seconds < 0:
             raise SettingsError("configuration error: stats_cache_seconds must be >= 0")
+        if self.stats_mirror_seconds < 0:
+            raise SettingsError("configuration error: stats_mirror_seconds must be >= 0")
         self.policy_defaults()  # a bad default is a start-up error, not a per-request one
 
     def policy_defaults(self) -> PolicyDefaults:

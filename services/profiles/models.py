@@ -163,6 +163,12 @@ class ItemCounter(Base):
     interaction_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     impression_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     feedback_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # When impression_count or feedback_count last moved (the writer's clock, inside the write's
+    # transaction); NULL while both are 0. The exposure service's counter mirror reads what
+    # changed since its last read (ListItemStatsRequest.exposure_changed_since).
+    exposure_changed_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    __table_args__ = (Index(None, "exposure_changed_at"),)
 
 
 class ModelPublication(Base):

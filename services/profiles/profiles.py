@@ -383,6 +383,8 @@ class StatsPage(Page[ItemStats]):
     popularity_version: str = ""
     # The caller's version is current: no entries were read.
     unchanged: bool = False
+    # A listing of exposure changes, first page: the clock just before the read.
+    exposure_read_at: dt.datetime | None = None
 
 
 class Profiles:
@@ -704,6 +706,7 @@ class Profiles:
                 session,
                 "feedback_count",
                 collections.Counter(r.item_id for r in stored if r.request_id),
+                changed_at=self._now(),
             )
             return len(stored)
 
@@ -813,7 +816,10 @@ class Profiles:
             increments = collections.Counter(stored)
             # Every catalogue item has its counter row (made with the item), so the bump is the
             # existence check too, at no extra statement; only a refusal looks for the culprits.
-            if self._repo.bump_counters(session, "impression_count", increments) < len(increments):
+            bumped = self._repo.bump_counters(
+                session, "impression_count", increments, changed_at=self._now()
+            )
+            if bumped < len(increments):
                 counted = self._repo.counters(session, increments)
                 unknown = [item_id for item_id in item_ids if item_id not in counted]
                 raise NotFound(
@@ -849,10 +855,18 @@ class Profiles:
         ]
 
     async def list_item_stats(
-        self, page_size: int, page_token: str, if_popularity_version_differs: str = ""
+        self,
+        page_size: int,
+        page_token: str,
+        if_popularity_version_differs: str = "",
+        exposure_changed_since: dt.datetime | None = None,
     ) -> StatsPage:
         """One page of every item's stats. On the first page, also the popularity version; when
         it equals ``if_popularity_version_differs``, an empty unchanged page without the read.
+
+        With ``exposure_changed_since``, only the items whose impression or feedback counter
+        moved at or after it (no popularity version), and on the first page the clock just
+        before the read (``exposure_read_at``): what the exposure service's mirror asks for.
 
         The version is the counters' token (newest interaction id, catalogue size) read before the
         counters, plus the digest of the head set's counts: a change committed in between makes
@@ -864,6 +878,13 @@ class Profiles:
         after = decode_page_token(page_token, "item_stats")
         if after is not None and not isinstance(after, str):
             raise InvalidArgument("INVALID_PAGE_TOKEN", "page_token is not an item stats token")
+        if exposure_changed_since is not None:
+            if if_popularity_version_differs:
+                raise InvalidArgument(
+                    "CONFLICTING_FILTERS",
+                    "exposure_changed_since and if_popularity_version_differs exclude each other",
+                )
+            return await self._exposure_changes(size, after, exposure_changed_since)
 
         def read(
             session: Session,
@@ -888,6 +909,26 @@ class Profiles:
             [_stats(row[0], row[1:], snapshot.head) for row in rows],
             token,
             popularity_version=version,
+        )
+
+    async def _exposure_changes(
+        self, size: int, after: str | None, since: dt.datetime
+    ) -> StatsPage:
+        read_at = self._now() if after is None else None
+
+        def read(session: Session) -> tuple[list[tuple[str, int, int, int]], HeadSnapshot]:
+            rows = self._repo.list_counters(session, after, size + 1, exposure_changed_since=since)
+            return rows, self._head_snapshot(session)
+
+        rows, snapshot = await self._db.run(read)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = encode_page_token("item_stats", rows[-1][0])
+        return StatsPage(
+            [_stats(row[0], row[1:], snapshot.head) for row in rows],
+            token,
+            exposure_read_at=read_at,
         )
 
     async def catalog_stats(self) -> CatalogStats:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from services.profiles.models import Impression, Interaction, Item, ItemCounter, User
+from services.profiles.models import Impression, Interaction, Item, ItemCounter, User, UtcDateTime
 from services.profiles.records import (
     HistoryEntry,
     ImpressionRecord,
@@ -40,12 +40,23 @@ impressions_t: sa.Table = Impression.__table__  # type: ignore[assignment]
 counters_t: sa.Table = ItemCounter.__table__  # type: ignore[assignment]
 
 COUNTER_COLUMNS = ("interaction_count", "impression_count", "feedback_count")
+# The counters the exposure policies read: a bump of one stamps exposure_changed_at.
+EXPOSURE_COUNTER_COLUMNS = ("impression_count", "feedback_count")
 
 # One UPDATE per counter column, built once (RecordImpressions bumps on every call).
 _BUMP_COUNTER = {
     column: sa.update(counters_t)
     .where(counters_t.c.item_id == sa.bindparam("b_item_id"))
-    .values({column: counters_t.c[column] + sa.bindparam("b_n")})
+    .values(
+        {
+            column: counters_t.c[column] + sa.bindparam("b_n"),
+            **(
+                {"exposure_changed_at": sa.bindparam("b_at", type_=UtcDateTime())}
+                if column in EXPOSURE_COUNTER_COLUMNS
+                else {}
+            ),
+        }
+    )
     for column in COUNTER_COLUMNS
 }
 # The statements of the per-request paths (GetUserProfile, GetItemStats, RecordImpressions) are
@@ -584,12 +595,27 @@ class Repository:
 
     # ---------------------------------------------------------------- counters
 
-    def bump_counters(self, session: Session, column: str, increments: Mapping[str, int]) -> int:
+    def bump_counters(
+        self,
+        session: Session,
+        column: str,
+        increments: Mapping[str, int],
+        changed_at: dt.datetime | None = None,
+    ) -> int:
         """Add ``increments[item_id]`` to one counter column; returns how many counter rows it
-        updated (items without a row are skipped: every catalogue item has one, made with it)."""
+        updated (items without a row are skipped: every catalogue item has one, made with it).
+        An exposure counter's bump also stamps ``exposure_changed_at`` with ``changed_at``, which
+        the caller takes inside the transaction (it then trails the commit by the rest of it)."""
         if column not in COUNTER_COLUMNS:
             raise ValueError(f"unknown counter {column!r}")
-        rows = [{"b_item_id": item_id, "b_n": n} for item_id, n in sorted(increments.items()) if n]
+        rows: list[dict[str, Any]] = [
+            {"b_item_id": item_id, "b_n": n} for item_id, n in sorted(increments.items()) if n
+        ]
+        if rows and column in EXPOSURE_COUNTER_COLUMNS:
+            if changed_at is None:
+                raise ValueError(f"a bump of {column} needs changed_at")
+            for row in rows:
+                row["b_at"] = changed_at
         if not rows:
             return 0
         # Both dialects sum the rowcount of an executemany (supports_sane_multi_rowcount).
@@ -615,11 +641,17 @@ class Repository:
         return int(logged.scalar_one()), int(counted.scalar_one())
 
     def list_counters(
-        self, session: Session, after: str | None, limit: int
+        self,
+        session: Session,
+        after: str | None,
+        limit: int,
+        exposure_changed_since: dt.datetime | None = None,
     ) -> list[tuple[str, int, int, int]]:
         stmt = sa.select(counters_t)
         if after is not None:
             stmt = stmt.where(counters_t.c.item_id > after)
+        if exposure_changed_since is not None:
+            stmt = stmt.where(counters_t.c.exposure_changed_at >= exposure_changed_since)
         stmt = stmt.order_by(counters_t.c.item_id).limit(limit)
         return [
             (row.item_id, row.interaction_count, row.impression_count, row.feedback_count)

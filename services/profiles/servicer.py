@@ -312,13 +312,17 @@ class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
         self, request: pb.ListItemStatsRequest, context: ServicerContext
     ) -> pb.ListItemStatsResponse:
         page = await self._profiles.list_item_stats(
-            request.page_size, request.page_token, request.if_popularity_version_differs
+            request.page_size,
+            request.page_token,
+            request.if_popularity_version_differs,
+            exposure_changed_since=_time_in(request, "exposure_changed_since"),
         )
         return pb.ListItemStatsResponse(
             stats=[_stats_out(entry) for entry in page.entries],
             next_page_token=page.next_page_token,
             popularity_version=page.popularity_version,
             unchanged=page.unchanged,
+            exposure_read_at=_time_out(page.exposure_read_at),
         )
 
     async def GetCatalogStats(

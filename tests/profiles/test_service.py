@@ -568,6 +568,73 @@ async def test_item_stats_pages_and_catalog_stats(served: Served) -> None:
     assert catalog.computed_at.seconds > 0
 
 
+async def _exposure_changes(
+    served: Served, since: timestamp_pb2.Timestamp
+) -> tuple[dict[str, tuple[int, int]], timestamp_pb2.Timestamp]:
+    """Every page of a listing of exposure changes (pages of 2): counters by item, read_at."""
+    changed: dict[str, tuple[int, int]] = {}
+    read_at: timestamp_pb2.Timestamp | None = None
+    token = ""
+    while True:
+        page = await served.stub.ListItemStats(
+            pb.ListItemStatsRequest(page_size=2, page_token=token, exposure_changed_since=since)
+        )
+        if read_at is None:
+            assert page.HasField("exposure_read_at")
+            read_at = page.exposure_read_at
+        else:
+            assert not page.HasField("exposure_read_at")  # first page only
+        assert not page.popularity_version and not page.unchanged
+        for stats in page.stats:
+            assert stats.item_id not in changed  # pages never repeat an item
+            changed[stats.item_id] = (stats.impression_count, stats.feedback_count)
+        token = page.next_page_token
+        if not token:
+            return changed, read_at
+
+
+async def test_exposure_changes_list_the_items_whose_impression_or_feedback_counters_moved(
+    served: Served,
+) -> None:
+    await seed(served, n_items=6)
+    epoch = timestamp_pb2.Timestamp()  # 1970: every item whose exposure counters ever moved
+    # An interaction that answers no served list moves no exposure counter.
+    await served.stub.RecordInteractions(
+        pb.RecordInteractionsRequest(interactions=[interaction("u1", "item-0000", 1)])
+    )
+    nothing, first_read = await _exposure_changes(served, epoch)
+    assert nothing == {}
+    await served.stub.RecordImpressions(
+        pb.RecordImpressionsRequest(
+            impressions=[
+                impression("r1", 0, "item-0001"),
+                impression("r1", 1, "item-0002"),
+                impression("r1", 2, "item-0004"),
+            ]
+        )
+    )
+    await served.stub.RecordInteractions(  # feedback on the served list
+        pb.RecordInteractionsRequest(
+            interactions=[interaction("u1", "item-0003", 2, request_id="r1")]
+        )
+    )
+    changed, second_read = await _exposure_changes(served, first_read)
+    assert changed == {
+        "item-0001": (1, 0),
+        "item-0002": (1, 0),
+        "item-0003": (0, 1),
+        "item-0004": (1, 0),
+    }
+    await served.stub.RecordImpressions(
+        pb.RecordImpressionsRequest(impressions=[impression("r2", 0, "item-0002")])
+    )
+    again, _ = await _exposure_changes(served, second_read)
+    assert again == {"item-0002": (2, 0)}
+    everything, _ = await _exposure_changes(served, epoch)
+    assert everything == {**changed, "item-0002": (2, 0)}
+    assert (await _exposure_changes(served, stamp(10 * 365 * 86400 * 10)))[0] == {}  # 2124
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -720,6 +787,14 @@ def _bad_requests() -> list[tuple[str, str, object]]:
             pb.ListInteractionsRequest(page_token="eyJrIjoxfQ"),
         ),
         ("ListItemStats", "INVALID_PAGE_TOKEN", pb.ListItemStatsRequest(page_token="garbage")),
+        (
+            "ListItemStats",
+            "CONFLICTING_FILTERS",
+            pb.ListItemStatsRequest(
+                if_popularity_version_differs="1.2.3",
+                exposure_changed_since=timestamp_pb2.Timestamp(),
+            ),
+        ),
     ]
 
 

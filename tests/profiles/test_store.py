@@ -43,6 +43,43 @@ def test_migrated_schema_matches_the_models(store_url: str) -> None:
         engine.dispose()
 
 
+def test_migration_0004_stamps_the_counters_that_already_moved(tmp_path: Path) -> None:
+    """A store from before exposure_changed_at: its shown or clicked items get the migration's
+    time, so that the exposure mirror's first read (changed since the epoch) finds them."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0003")
+    engine = create_store_engine(url)
+    try:
+        with engine.begin() as connection:
+            for index, (impressions, feedback) in enumerate([(0, 0), (3, 0), (0, 2)]):
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO items (item_id, title, description, tags, categories,"
+                        " attributes, created_at) VALUES (:i, 't', 'd', '[]', '[]', '{}',"
+                        " '2024-01-01 00:00:00')"
+                    ),
+                    {"i": f"item-{index}"},
+                )
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO item_counters (item_id, interaction_count, impression_count,"
+                        " feedback_count) VALUES (:i, 5, :n, :f)"
+                    ),
+                    {"i": f"item-{index}", "n": impressions, "f": feedback},
+                )
+        migrate(url)
+        with engine.connect() as connection:
+            stamped: dict[str, object] = dict(
+                connection.execute(
+                    sa.text("SELECT item_id, exposure_changed_at FROM item_counters")
+                ).all()
+            )
+        assert stamped["item-0"] is None
+        assert stamped["item-1"] is not None and stamped["item-2"] is not None
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_store_is_wal_with_foreign_keys(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'dir' / 'x.db'}"
     migrate(url)  # creates the parent folders
