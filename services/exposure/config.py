@@ -12,7 +12,8 @@ from services.exposure.reranker import PolicyDefaults
 
 @dataclasses.dataclass(frozen=True)
 class ExposureSettings:
-    # Where the exposure counters come from (GetItemStats), for fair_exposure and explore.
+    # Where the exposure counters come from (the mirror's ListItemStats reads, GetItemStats
+    # without it), for fair_exposure and explore.
     profiles_target: str = "127.0.0.1:50051"
     # The policy serving requests that name none (any name ListPolicies lists).
     default_policy: str = "tail_quota"
