@@ -133,17 +133,21 @@ def fit_ranker(
     max_iterations: int = 500,
     hidden: int = 0,
     seed: int = 20_261_128,
+    weights: npt.ArrayLike | None = None,
 ) -> LearnedRanker:
     """L2-regularised logistic regression of ``labels`` (0/1) on ``features``.
 
     ``hidden`` > 0 adds a tanh layer of that width beside the linear part (initialised from
-    ``seed``: the same data gives the same model). Raises ``ValueError`` when the labels are all
-    one class (nothing to learn).
+    ``seed``: the same data gives the same model). ``weights`` weigh the rows' losses (default
+    1 each). Raises ``ValueError`` when the labels are all one class (nothing to learn).
     """
     x = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] != y.shape[0] or x.shape[1] != len(feature_names):
         raise ValueError("features and labels do not line up")
+    sw = np.ones(y.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    if sw.shape != y.shape or not np.all(np.isfinite(sw)) or np.any(sw < 0) or sw.sum() <= 0:
+        raise ValueError("weights must be finite, non-negative, one per row, not all zero")
     positives = int(y.sum())
     if positives == 0 or positives == y.shape[0]:
         raise ValueError("the labels hold one class only")
@@ -151,7 +155,7 @@ def fit_ranker(
     scale = x.std(axis=0)
     scale[scale < 1e-9] = 1.0
     z = (x - mean) / scale
-    n, f = float(x.shape[0]), x.shape[1]
+    n, f = float(sw.sum()), x.shape[1]
     h = max(hidden, 0)
     # theta = [w (f), bias, H (f*h), hidden_bias (h), hidden_out (h)]
     sizes = [f, 1, f * h, h, h]
@@ -169,9 +173,10 @@ def fit_ranker(
             logits = logits + act @ hout
         # log(1 + e^t) - y t, stably; mean over rows plus the ridge penalty on weights.
         penalty = float(w @ w) + (float((hin * hin).sum()) + float(hout @ hout) if h else 0.0)
-        value = float(np.logaddexp(0.0, logits).sum() - y @ logits) / n + 0.5 * l2 * penalty / n
+        value = float(sw @ np.logaddexp(0.0, logits) - (sw * y) @ logits) / n
+        value += 0.5 * l2 * penalty / n
         p = 0.5 * (1.0 + np.tanh(0.5 * logits))
-        r = (p - y) / n
+        r = sw * (p - y) / n
         grads = [z.T @ r + l2 * w / n, np.array([r.sum()])]
         if h:
             g_out = act.T @ r + l2 * hout / n

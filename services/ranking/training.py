@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from services.common.tail import head_items
 from services.ranking.catalog import CatalogSnapshot, ItemStatsRecord, restat_snapshot
@@ -65,7 +66,20 @@ class RankerTrainingParams:
     # their label interactions stay, so the ranker sees cold items that turn out relevant and
     # learns what content says about them (DropoutNet's idea, the cold-items protocol's shape).
     # Without it every positive of the slice is warm and cold items are ranked as never relevant.
-    cold_item_share: float = 0.1
+    # It bounds the cold prior the ranker can learn; how much of it the ranker takes is chosen
+    # on the slice (``cold_weights``).
+    cold_item_share: float = 0.3
+    # Candidate weights of the slice's cold positives (1: as many as the share makes; 1/3 of 0.3
+    # weighs like a share of 0.1). The ranker is fitted with each on most of the slice's users
+    # and scored on the rest; the weight with the best recall of cold items among the cold
+    # candidates is taken among those within ``warm_tolerance`` of the best warm NDCG@10
+    # (``choose_cold_weight``).
+    cold_weights: tuple[float, ...] = (1 / 3, 2 / 3, 1.0)
+    # The share of warm NDCG@10 the ranker may give up for cold recall: 2% of the 5% that the
+    # product allows a default list below the best relevance list (the policies take the rest).
+    warm_tolerance: float = 0.02
+    # Share of the slice's users held out to choose the weight (a deterministic stride).
+    holdout_share: float = 0.2
     seed: int = 0
     # Fit the sequential user tower (services.ranking.user_tower) with the ranker: on the slice's
     # history part for the ranker's features, then on every interaction for serving. Steps 0 =
@@ -258,6 +272,7 @@ def train_ranker(
     validation = collaborative_validation(model, history, labels, users)
     feature_parts = []
     label_parts = []
+    cold_parts = []
     cold_labels = 0
     for user in users:
         recent_first = history[user][::-1][: params.max_history]
@@ -276,12 +291,23 @@ def train_ranker(
         label_parts.append(
             np.fromiter((past.item_ids[r] in wanted for r in pool.rows), dtype=np.float64)
         )
+        cold_parts.append(np.fromiter((past.item_ids[r] in cold for r in pool.rows), dtype=bool))
     if not feature_parts:
         return None
-    features = np.vstack(feature_parts)
-    targets = np.concatenate(label_parts)
+    pools = [
+        SlicePool(f, y, c) for f, y, c in zip(feature_parts, label_parts, cold_parts, strict=True)
+    ]
     try:
-        ranker = fit_ranker(features, targets, l2=params.l2, hidden=params.hidden)
+        weight, weight_scores = choose_cold_weight(pools, params)
+        features = np.vstack(feature_parts)
+        targets = np.concatenate(label_parts)
+        ranker = fit_ranker(
+            features,
+            targets,
+            l2=params.l2,
+            hidden=params.hidden,
+            weights=_row_weights(targets, np.concatenate(cold_parts), weight),
+        )
     except ValueError as error:
         log.warning("learned ranker not fitted", extra={"fields": {"detail": str(error)}})
         return None
@@ -292,6 +318,10 @@ def train_ranker(
             "simulated_cold_items": len(cold),
             "tower": model.tower is not None,
             "cold_positives": cold_labels,
+            # The weight of the cold positives, chosen on held-out users of the slice, with what
+            # each candidate scored there.
+            "cold_weight": weight,
+            "cold_weight_scores": weight_scores,
             # Serving builds its map with the same strength (CollaborativeView.build reads it).
             "content_map_ridge": ridge,
             "content_map_cold_recall@20": ridge_recalls,
@@ -301,6 +331,84 @@ def train_ranker(
     )
     log.info("learned ranker fitted", extra={"fields": dict(ranker.info)})
     return ranker
+
+
+@dataclasses.dataclass(frozen=True)
+class SlicePool:
+    """One slice user's candidate pool: features, labels (1: consumed later), cold flags."""
+
+    features: FloatArray
+    labels: npt.NDArray[np.float64]
+    cold: npt.NDArray[np.bool_]
+
+
+def _row_weights(
+    labels: npt.NDArray[np.float64], cold: npt.NDArray[np.bool_], weight: float
+) -> npt.NDArray[np.float64]:
+    return np.where((labels > 0) & cold, weight, 1.0)
+
+
+def _pool_scores(ranker: LearnedRanker, pools: Sequence[SlicePool]) -> tuple[float, float]:
+    """(mean warm NDCG@10 over the pools, mean Recall@20 of cold labels among cold candidates),
+    each over the pools that hold such labels."""
+    warm_ndcg: list[float] = []
+    cold_recall: list[float] = []
+    for pool in pools:
+        score = ranker.score(pool.features)
+        warm = (pool.labels > 0) & ~pool.cold
+        if warm.any():
+            order = np.argsort(-score, kind="stable")[:VALIDATION_K]
+            gains = warm[order] / np.log2(np.arange(2, order.shape[0] + 2))
+            ideal = (1.0 / np.log2(np.arange(2, min(int(warm.sum()), VALIDATION_K) + 2))).sum()
+            warm_ndcg.append(float(gains.sum() / ideal))
+        cold_positive = (pool.labels > 0) & pool.cold
+        if cold_positive.any():
+            cold_rows = np.flatnonzero(pool.cold)
+            best = cold_rows[np.argsort(-score[cold_rows], kind="stable")[:MAP_RECALL_K]]
+            cold_recall.append(float(cold_positive[best].sum() / cold_positive.sum()))
+    return (
+        float(np.mean(warm_ndcg)) if warm_ndcg else 0.0,
+        float(np.mean(cold_recall)) if cold_recall else 0.0,
+    )
+
+
+def choose_cold_weight(
+    pools: Sequence[SlicePool], params: RankerTrainingParams
+) -> tuple[float, dict[str, list[float]]]:
+    """The weight of the slice's cold positives (``RankerTrainingParams.cold_weights``).
+
+    Each candidate fits the ranker on the pools of most users and scores it on the held-out rest
+    (every ``1 / holdout_share``-th pool): warm NDCG@10 (cold labels aside) and Recall@20 of cold
+    labels among the pool's cold candidates. Among the candidates within ``warm_tolerance`` of the
+    best warm NDCG the best cold recall wins (ties: the smaller weight). With one candidate, or too
+    few pools to hold any out, the largest weight. Raises ``ValueError`` where ``fit_ranker`` does.
+    """
+    weights = sorted(set(params.cold_weights)) or [1.0]
+    stride = round(1 / params.holdout_share) if params.holdout_share > 0 else 0
+    held = [p for i, p in enumerate(pools) if stride and i % stride == stride - 1]
+    fit = [p for i, p in enumerate(pools) if not (stride and i % stride == stride - 1)]
+    if len(weights) == 1 or not held or not fit:
+        return weights[-1], {}
+    features = np.vstack([p.features for p in fit])
+    labels = np.concatenate([p.labels for p in fit])
+    cold = np.concatenate([p.cold for p in fit])
+    scores: dict[str, list[float]] = {}
+    for weight in weights:
+        ranker = fit_ranker(
+            features,
+            labels,
+            l2=params.l2,
+            hidden=params.hidden,
+            weights=_row_weights(labels, cold, weight),
+        )
+        warm, cold_recall = _pool_scores(ranker, held)
+        scores[f"{weight:.4g}"] = [round(warm, 5), round(cold_recall, 5)]
+    best_warm = max(warm for warm, _ in scores.values())
+    eligible = [
+        w for w in weights if scores[f"{w:.4g}"][0] >= (1 - params.warm_tolerance) * best_warm
+    ]
+    chosen = max(eligible, key=lambda w: (scores[f"{w:.4g}"][1], -w))
+    return chosen, scores
 
 
 VALIDATION_K = 10
