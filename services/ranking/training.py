@@ -71,8 +71,8 @@ class RankerTrainingParams:
     cold_item_share: float = 0.3
     # Candidate weights of the slice's cold positives (1: as many as the share makes; 1/3 of 0.3
     # weighs like a share of 0.1). The ranker is fitted with each on most of the slice's users
-    # and scored on the rest; the weight with the best recall of cold items among the cold
-    # candidates is taken among those within ``warm_tolerance`` of the best warm NDCG@10
+    # and scored on the rest; the weight whose top 20 holds most of the cold items the users went
+    # on to consume is taken among those within ``warm_tolerance`` of the best warm NDCG@10
     # (``choose_cold_weight``).
     cold_weights: tuple[float, ...] = (1 / 3, 2 / 3, 1.0)
     # The share of warm NDCG@10 the ranker may give up for cold recall: 2% of the 5% that the
@@ -349,22 +349,23 @@ def _row_weights(
 
 
 def _pool_scores(ranker: LearnedRanker, pools: Sequence[SlicePool]) -> tuple[float, float]:
-    """(mean warm NDCG@10 over the pools, mean Recall@20 of cold labels among cold candidates),
-    each over the pools that hold such labels."""
+    """(mean warm NDCG@10 over the pools, mean Recall@20 of the cold labels in the pool's top 20),
+    each over the pools that hold such labels. The weight moves how cold items compete with warm
+    ones (the order among cold items barely changes), so both are read off the whole pool."""
     warm_ndcg: list[float] = []
     cold_recall: list[float] = []
     for pool in pools:
         score = ranker.score(pool.features)
+        order = np.argsort(-score, kind="stable")
         warm = (pool.labels > 0) & ~pool.cold
         if warm.any():
-            order = np.argsort(-score, kind="stable")[:VALIDATION_K]
-            gains = warm[order] / np.log2(np.arange(2, order.shape[0] + 2))
+            top = order[:VALIDATION_K]
+            gains = warm[top] / np.log2(np.arange(2, top.shape[0] + 2))
             ideal = (1.0 / np.log2(np.arange(2, min(int(warm.sum()), VALIDATION_K) + 2))).sum()
             warm_ndcg.append(float(gains.sum() / ideal))
         cold_positive = (pool.labels > 0) & pool.cold
         if cold_positive.any():
-            cold_rows = np.flatnonzero(pool.cold)
-            best = cold_rows[np.argsort(-score[cold_rows], kind="stable")[:MAP_RECALL_K]]
+            best = order[:MAP_RECALL_K]
             cold_recall.append(float(cold_positive[best].sum() / cold_positive.sum()))
     return (
         float(np.mean(warm_ndcg)) if warm_ndcg else 0.0,
@@ -379,7 +380,7 @@ def choose_cold_weight(
 
     Each candidate fits the ranker on the pools of most users and scores it on the held-out rest
     (every ``1 / holdout_share``-th pool): warm NDCG@10 (cold labels aside) and Recall@20 of cold
-    labels among the pool's cold candidates. Among the candidates within ``warm_tolerance`` of the
+    labels in the pool's top 20. Among the candidates within ``warm_tolerance`` of the
     best warm NDCG the best cold recall wins (ties: the smaller weight). With one candidate, or too
     few pools to hold any out, the largest weight. Raises ``ValueError`` where ``fit_ranker`` does.
     """

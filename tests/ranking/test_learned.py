@@ -28,7 +28,12 @@ from services.ranking.scorer import (
     candidate_pool,
     rank,
 )
-from services.ranking.training import RankerTrainingParams, train_ranker
+from services.ranking.training import (
+    RankerTrainingParams,
+    SlicePool,
+    choose_cold_weight,
+    train_ranker,
+)
 from tests.ranking.synthetic import World, make_world
 
 ALS = AlsParams(factors=16, iterations=8)
@@ -61,6 +66,59 @@ def test_a_predictive_feature_gets_the_largest_weight() -> None:
     assert ranker.weights[column] > 0
     scores = ranker.score(x)
     assert scores[y == 1].mean() > scores[y == 0].mean()
+
+
+def test_row_weights_count_a_row_as_that_many_copies() -> None:
+    x, y = synthetic_rows(n=600)
+    twice = np.vstack([x, x[:100]]), np.concatenate([y, y[:100]])
+    weights = np.ones(600)
+    weights[:100] = 2.0
+    # Without the ridge term (whose standardisation differs) the two fits are one model.
+    weighted = fit_ranker(x, y, l2=1e-9, weights=weights)
+    copied = fit_ranker(*twice, l2=1e-9)
+    np.testing.assert_allclose(weighted.score(x), copied.score(x), rtol=1e-3, atol=1e-3)
+    assert not np.allclose(weighted.score(x), fit_ranker(x, y, l2=1e-9).score(x), atol=1e-2)
+    unweighted = fit_ranker(x, y, weights=np.ones(600))
+    assert np.array_equal(unweighted.weights, fit_ranker(x, y).weights)
+    for bad in (np.ones(5), -weights, np.zeros(600), np.full(600, np.nan)):
+        with pytest.raises(ValueError, match="weights"):
+            fit_ranker(x, y, weights=bad)
+
+
+def _cold_pools(seed: int, users: int = 60) -> list[SlicePool]:
+    """Pools of 40 candidates, 10 of them cold. Warm labels follow feature 0 and cold ones
+    feature 1; cold items are consumed about as often as warm ones: the more weight the cold
+    positives get, the more the ranker lifts cold items, at some cost to warm NDCG."""
+    rng = np.random.default_rng(seed)
+    cold_column = FEATURE_NAMES.index("is_cold")
+    pools = []
+    for _ in range(users):
+        x = rng.standard_normal((40, len(FEATURE_NAMES))).astype(np.float32)
+        cold = np.zeros(40, dtype=bool)
+        cold[:10] = True
+        x[:, cold_column] = cold
+        signal = np.where(cold, x[:, 1], x[:, 0]) + 0.5 * rng.standard_normal(40)
+        labels = (signal > np.where(cold, 1.2, 1.0)).astype(np.float64)
+        pools.append(SlicePool(x, labels, cold))
+    return pools
+
+
+def test_the_cold_weight_is_the_best_cold_recall_within_the_warm_tolerance() -> None:
+    pools = _cold_pools(seed=5)
+    strict = RankerTrainingParams(cold_weights=(0.1, 1.0, 10.0), warm_tolerance=0.0)
+    loose = dataclasses.replace(strict, warm_tolerance=1.0)
+    chosen_strict, scores = choose_cold_weight(pools, strict)
+    chosen_loose, again = choose_cold_weight(pools, loose)
+    assert scores == again and set(scores) == {"0.1", "1", "10"}
+    warm = {w: scores[w][0] for w in scores}
+    cold = {w: scores[w][1] for w in scores}
+    # No tolerance: the best warm NDCG decides; any tolerance: the best cold recall among those.
+    assert chosen_strict == float(max(warm, key=lambda w: warm[w]))
+    assert chosen_loose == float(max(cold, key=lambda w: (cold[w], -float(w))))
+    assert cold["10"] >= cold["0.1"]  # more weight on cold positives finds more of them
+    # One candidate, or no held-out users: that candidate / the largest, without scoring.
+    assert choose_cold_weight(pools, dataclasses.replace(strict, cold_weights=(0.5,))) == (0.5, {})
+    assert choose_cold_weight(pools[:1], strict) == (10.0, {})
 
 
 def test_the_hidden_layer_learns_an_interaction_and_round_trips() -> None:
@@ -111,6 +169,10 @@ def test_training_on_the_time_split_is_deterministic(
     assert again is not None
     assert np.array_equal(again.weights, ranker.weights)
     assert ranker.info["users"] > 0 and ranker.info["positives"] > 0
+    # The cold positives' weight was chosen among the candidates, each scored on held-out users.
+    params = RankerTrainingParams()
+    assert ranker.info["cold_weight"] in params.cold_weights
+    assert len(ranker.info["cold_weight_scores"]) == len(params.cold_weights)
 
 
 def test_no_timestamps_means_no_ranker(world: World, snapshot: CatalogSnapshot) -> None:
