@@ -381,7 +381,7 @@ def choose_cold_weight(
     Each candidate fits the ranker on the pools of most users and scores it on the held-out rest
     (every ``1 / holdout_share``-th pool): warm NDCG@10 (cold labels aside) and Recall@20 of cold
     labels in the pool's top 20. Among the candidates within ``warm_tolerance`` of the
-    best warm NDCG the best cold recall wins (ties: the smaller weight). With one candidate, or too
+    best warm NDCG the best cold recall wins (ties: the larger weight). With one candidate, or too
     few pools to hold any out, the largest weight. Raises ``ValueError`` where ``fit_ranker`` does.
     """
     weights = sorted(set(params.cold_weights)) or [1.0]
@@ -408,7 +408,9 @@ def choose_cold_weight(
     eligible = [
         w for w in weights if scores[f"{w:.4g}"][0] >= (1 - params.warm_tolerance) * best_warm
     ]
-    chosen = max(eligible, key=lambda w: (scores[f"{w:.4g}"][1], -w))
+    # Ties (often all at 0: few held-out cold labels reach a top 20) go to the larger weight,
+    # the most room for cold items that the warm tolerance allows.
+    chosen = max(eligible, key=lambda w: (scores[f"{w:.4g}"][1], w))
     return chosen, scores
 
 

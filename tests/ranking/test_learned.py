@@ -114,7 +114,7 @@ def test_the_cold_weight_is_the_best_cold_recall_within_the_warm_tolerance() -> 
     cold = {w: scores[w][1] for w in scores}
     # No tolerance: the best warm NDCG decides; any tolerance: the best cold recall among those.
     assert chosen_strict == float(max(warm, key=lambda w: warm[w]))
-    assert chosen_loose == float(max(cold, key=lambda w: (cold[w], -float(w))))
+    assert chosen_loose == float(max(cold, key=lambda w: (cold[w], float(w))))
     assert cold["10"] >= cold["0.1"]  # more weight on cold positives finds more of them
     # One candidate, or no held-out users: that candidate / the largest, without scoring.
     assert choose_cold_weight(pools, dataclasses.replace(strict, cold_weights=(0.5,))) == (0.5, {})
