@@ -901,15 +901,7 @@ class Profiles:
         rows, snapshot, version = await self._db.run(read)
         if rows is None:
             return StatsPage([], "", popularity_version=version, unchanged=True)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_page_token("item_stats", rows[-1][0])
-        return StatsPage(
-            [_stats(row[0], row[1:], snapshot.head) for row in rows],
-            token,
-            popularity_version=version,
-        )
+        return _stats_page(rows, size, snapshot.head, popularity_version=version)
 
     async def _exposure_changes(
         self, size: int, after: str | None, since: dt.datetime
@@ -921,15 +913,7 @@ class Profiles:
             return rows, self._head_snapshot(session)
 
         rows, snapshot = await self._db.run(read)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = encode_page_token("item_stats", rows[-1][0])
-        return StatsPage(
-            [_stats(row[0], row[1:], snapshot.head) for row in rows],
-            token,
-            exposure_read_at=read_at,
-        )
+        return _stats_page(rows, size, snapshot.head, exposure_read_at=read_at)
 
     async def catalog_stats(self) -> CatalogStats:
         def read(session: Session) -> tuple[dict[str, int], HeadSnapshot]:
@@ -949,6 +933,26 @@ class Profiles:
 
     async def ready(self) -> bool:
         return await self._db.ping()
+
+
+def _stats_page(
+    rows: list[tuple[str, int, int, int]],
+    size: int,
+    head: frozenset[str],
+    popularity_version: str = "",
+    exposure_read_at: dt.datetime | None = None,
+) -> StatsPage:
+    """A page of ``size`` counter rows (read ``size + 1``: one more means another page)."""
+    token = ""
+    if len(rows) > size:
+        rows = rows[:size]
+        token = encode_page_token("item_stats", rows[-1][0])
+    return StatsPage(
+        [_stats(row[0], row[1:], head) for row in rows],
+        token,
+        popularity_version=popularity_version,
+        exposure_read_at=exposure_read_at,
+    )
 
 
 def _stats(item_id: str, counters: Sequence[int], head: frozenset[str]) -> ItemStats:

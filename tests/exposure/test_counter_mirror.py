@@ -5,7 +5,6 @@ profiles, against a profiles that counts its calls."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -14,8 +13,7 @@ from google.protobuf import timestamp_pb2
 from longtail.common.v1 import common_pb2
 from longtail.profiles.v1 import profiles_service_pb2 as pb
 from longtail.profiles.v1 import profiles_service_pb2_grpc
-from services.common.server import Context, RunningService, ServiceDefinition, start_service
-from services.common.settings import ServerSettings
+from services.common.server import Context
 from services.exposure.policies import ItemCounts
 from services.exposure.stats import (
     CounterMirror,
@@ -23,41 +21,18 @@ from services.exposure.stats import (
     ProfilesStatsSource,
     StatsUnavailable,
 )
-from tests.profiles.conftest import Served, serve, store_url
+from tests.exposure.test_stats import Clock, CountingProfiles, serve_fake
+from tests.profiles.conftest import Served
 from tests.profiles.test_service import impression, interaction, seed
 
-__all__ = ["store_url"]  # the fixture, parametrised over SQLite and PostgreSQL
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class CountingProfiles(profiles_service_pb2_grpc.ProfilesServiceServicer):
-    """GetItemStats and the exposure listing over a dict; records every call."""
+class ListingProfiles(CountingProfiles):
+    """test_stats' GetItemStats fake, plus the exposure listing over the same dict."""
 
     def __init__(self, read_at: bool = True) -> None:
-        self.counts = {"a": (5, 1), "b": (7, 2)}
-        self.item_stats_calls: list[list[str]] = []
+        super().__init__()
         self.listings = 0
         self.read_at = read_at
-
-    async def GetItemStats(
-        self, request: pb.GetItemStatsRequest, context: Context
-    ) -> pb.GetItemStatsResponse:
-        self.item_stats_calls.append(list(request.item_ids))
-        return pb.GetItemStatsResponse(
-            stats=[
-                common_pb2.ItemStats(item_id=i, impression_count=n, feedback_count=f)
-                for i in request.item_ids
-                if i in self.counts
-                for n, f in [self.counts[i]]
-            ]
-        )
 
     async def ListItemStats(
         self, request: pb.ListItemStatsRequest, context: Context
@@ -74,22 +49,9 @@ class CountingProfiles(profiles_service_pb2_grpc.ProfilesServiceServicer):
         return pb.ListItemStatsResponse(stats=stats, exposure_read_at=stamp)
 
 
-async def _serve(profiles: CountingProfiles) -> RunningService:
-    name = pb.DESCRIPTOR.services_by_name["ProfilesService"].full_name
-    return await start_service(
-        ServiceDefinition(
-            name="profiles",
-            servicers=[
-                (profiles_service_pb2_grpc.add_ProfilesServiceServicer_to_server, profiles, name)
-            ],
-        ),
-        ServerSettings(port=0),
-    )
-
-
 async def test_a_fresh_mirror_answers_without_profiles_and_a_stale_one_falls_back() -> None:
-    profiles = CountingProfiles()  # type: ignore[abstract]  # serves the stats reads only
-    running = await _serve(profiles)
+    profiles = ListingProfiles()  # type: ignore[abstract]  # serves the stats reads only
+    running = await serve_fake(profiles)
     clock = Clock()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -103,26 +65,26 @@ async def test_a_fresh_mirror_answers_without_profiles_and_a_stale_one_falls_bac
             assert source.mirror is not None
             # Before the mirror's first read: the per-id path.
             assert await source.item_stats(["a"], 1.0) == {"a": ItemCounts(5, 1)}
-            assert profiles.item_stats_calls == [["a"]]
+            assert profiles.asked == [["a"]]
 
             assert await source.mirror.sync() == 2
             for _ in range(3):
                 got = await source.item_stats(["b", "x", "a"], 1.0)
                 assert got == {"b": ItemCounts(7, 2), "a": ItemCounts(5, 1)}  # x: never shown
-            assert profiles.item_stats_calls == [["a"]]  # not one call more
+            assert profiles.asked == [["a"]]  # not one call more
 
             clock.now += 10.5  # no complete read for longer than the max staleness
             assert not source.mirror.fresh
             assert await source.item_stats(["b"], 1.0) == {"b": ItemCounts(7, 2)}
-            assert profiles.item_stats_calls == [["a"], ["b"]]
+            assert profiles.asked == [["a"], ["b"]]
             await source.close()
     finally:
         await running.stop(0)
 
 
 async def test_no_mirror_without_the_cache_so_that_every_rerank_reads_profiles() -> None:
-    profiles = CountingProfiles()  # type: ignore[abstract]
-    running = await _serve(profiles)
+    profiles = ListingProfiles()  # type: ignore[abstract]
+    running = await serve_fake(profiles)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             # longtail eval's setting: counters read on every request, lists independent of timing.
@@ -133,8 +95,8 @@ async def test_no_mirror_without_the_cache_so_that_every_rerank_reads_profiles()
 
 
 async def test_a_profiles_without_the_exposure_listing_leaves_the_mirror_off() -> None:
-    profiles = CountingProfiles(read_at=False)  # type: ignore[abstract]
-    running = await _serve(profiles)
+    profiles = ListingProfiles(read_at=False)  # type: ignore[abstract]
+    running = await serve_fake(profiles)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             mirror = CounterMirror(
@@ -150,8 +112,8 @@ async def test_a_profiles_without_the_exposure_listing_leaves_the_mirror_off() -
 
 
 async def test_profiles_down_keeps_the_last_state_and_the_mirror_goes_stale() -> None:
-    profiles = CountingProfiles()  # type: ignore[abstract]
-    running = await _serve(profiles)
+    profiles = ListingProfiles()  # type: ignore[abstract]
+    running = await serve_fake(profiles)
     clock = Clock()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         mirror = CounterMirror(
@@ -174,18 +136,7 @@ async def test_profiles_down_keeps_the_last_state_and_the_mirror_goes_stale() ->
         assert not mirror.fresh
 
 
-@pytest.fixture
-async def profiles(store_url: str) -> AsyncIterator[Served]:
-    service = await serve(store_url)
-    try:
-        yield service
-    finally:
-        await service.channel.close()
-        await service.running.stop(grace=0)
-
-
-async def test_the_mirror_reads_what_changed_from_the_real_profiles(profiles: Served) -> None:
-    served = profiles
+async def test_the_mirror_reads_what_changed_from_the_real_profiles(served: Served) -> None:
     await seed(served, n_items=6)
     clock = Clock()
     # No overlap: a read then returns exactly what changed after the previous one.

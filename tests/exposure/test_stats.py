@@ -43,7 +43,9 @@ class CountingProfiles(profiles_service_pb2_grpc.ProfilesServiceServicer):
         )
 
 
-async def _serve(profiles: CountingProfiles) -> RunningService:
+async def serve_fake(profiles: profiles_service_pb2_grpc.ProfilesServiceServicer) -> RunningService:
+    """A profiles service on port 0 that answers with ``profiles`` (a fake: its unanswered
+    methods are UNIMPLEMENTED)."""
     name = profiles_service_pb2.DESCRIPTOR.services_by_name["ProfilesService"].full_name
     return await start_service(
         ServiceDefinition(
@@ -58,7 +60,7 @@ async def _serve(profiles: CountingProfiles) -> RunningService:
 
 async def test_cached_counters_skip_profiles_until_stale_then_refresh_in_background() -> None:
     profiles = CountingProfiles()  # type: ignore[abstract]  # serves GetItemStats only
-    running = await _serve(profiles)
+    running = await serve_fake(profiles)
     clock = Clock()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -94,7 +96,7 @@ async def test_cached_counters_skip_profiles_until_stale_then_refresh_in_backgro
 
 async def test_close_stops_a_pending_refresh_before_the_channel_closes() -> None:
     profiles = CountingProfiles()  # type: ignore[abstract]  # serves GetItemStats only
-    running = await _serve(profiles)
+    running = await serve_fake(profiles)
     clock = Clock()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
