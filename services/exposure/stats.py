@@ -64,8 +64,6 @@ REFRESH_TIMEOUT_SECONDS = 1.0
 DEFAULT_REFRESH_DELAY_SECONDS = 0.25
 
 
-# The mirror's read of what changed, every this many seconds (0: no mirror).
-DEFAULT_MIRROR_REFRESH_SECONDS = 1.0
 # A change stamped this long before the previous read's time is read again: the margin for a
 # write that took its time inside its transaction and committed after that read.
 MIRROR_OVERLAP_SECONDS = 2.0
