@@ -270,9 +270,7 @@ def train_ranker(
         stride = len(users) / params.max_users
         users = [users[int(i * stride)] for i in range(params.max_users)]
     validation = collaborative_validation(model, history, labels, users)
-    feature_parts = []
-    label_parts = []
-    cold_parts = []
+    pools: list[SlicePool] = []
     cold_labels = 0
     for user in users:
         recent_first = history[user][::-1][: params.max_history]
@@ -287,33 +285,24 @@ def train_ranker(
         cold_labels += sum(
             1 for r in pool.rows if past.item_ids[r] in wanted and past.item_ids[r] in cold
         )
-        feature_parts.append(pool.features)
-        label_parts.append(
-            np.fromiter((past.item_ids[r] in wanted for r in pool.rows), dtype=np.float64)
+        pools.append(
+            SlicePool(
+                pool.features,
+                np.fromiter((past.item_ids[r] in wanted for r in pool.rows), dtype=np.float64),
+                np.fromiter((past.item_ids[r] in cold for r in pool.rows), dtype=bool),
+            )
         )
-        cold_parts.append(np.fromiter((past.item_ids[r] in cold for r in pool.rows), dtype=bool))
-    if not feature_parts:
+    if not pools:
         return None
-    pools = [
-        SlicePool(f, y, c) for f, y, c in zip(feature_parts, label_parts, cold_parts, strict=True)
-    ]
     try:
         weight, weight_scores = choose_cold_weight(pools, params)
-        features = np.vstack(feature_parts)
-        targets = np.concatenate(label_parts)
-        ranker = fit_ranker(
-            features,
-            targets,
-            l2=params.l2,
-            hidden=params.hidden,
-            weights=_row_weights(targets, np.concatenate(cold_parts), weight),
-        )
+        ranker = _fit_weighted(pools, weight, params)
     except ValueError as error:
         log.warning("learned ranker not fitted", extra={"fields": {"detail": str(error)}})
         return None
     ranker.info.update(
         {
-            "users": len(feature_parts),
+            "users": len(pools),
             # Items made cold in the slice, and their label rows the pools held.
             "simulated_cold_items": len(cold),
             "tower": model.tower is not None,
@@ -342,10 +331,19 @@ class SlicePool:
     cold: npt.NDArray[np.bool_]
 
 
-def _row_weights(
-    labels: npt.NDArray[np.float64], cold: npt.NDArray[np.bool_], weight: float
-) -> npt.NDArray[np.float64]:
-    return np.where((labels > 0) & cold, weight, 1.0)
+def _fit_weighted(
+    pools: Sequence[SlicePool], weight: float, params: RankerTrainingParams
+) -> LearnedRanker:
+    """The ranker over ``pools``, their cold positives weighing ``weight`` each."""
+    labels = np.concatenate([p.labels for p in pools])
+    cold = np.concatenate([p.cold for p in pools])
+    return fit_ranker(
+        np.vstack([p.features for p in pools]),
+        labels,
+        l2=params.l2,
+        hidden=params.hidden,
+        weights=np.where((labels > 0) & cold, weight, 1.0),
+    )
 
 
 def _pool_scores(ranker: LearnedRanker, pools: Sequence[SlicePool]) -> tuple[float, float]:
@@ -390,19 +388,9 @@ def choose_cold_weight(
     fit = [p for i, p in enumerate(pools) if not (stride and i % stride == stride - 1)]
     if len(weights) == 1 or not held or not fit:
         return weights[-1], {}
-    features = np.vstack([p.features for p in fit])
-    labels = np.concatenate([p.labels for p in fit])
-    cold = np.concatenate([p.cold for p in fit])
     scores: dict[str, list[float]] = {}
     for weight in weights:
-        ranker = fit_ranker(
-            features,
-            labels,
-            l2=params.l2,
-            hidden=params.hidden,
-            weights=_row_weights(labels, cold, weight),
-        )
-        warm, cold_recall = _pool_scores(ranker, held)
+        warm, cold_recall = _pool_scores(_fit_weighted(fit, weight, params), held)
         scores[f"{weight:.4g}"] = [round(warm, 5), round(cold_recall, 5)]
     best_warm = max(warm for warm, _ in scores.values())
     eligible = [
