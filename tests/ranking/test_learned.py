@@ -31,6 +31,7 @@ from services.ranking.scorer import (
 from services.ranking.training import (
     RankerTrainingParams,
     SlicePool,
+    _pool_scores,
     choose_cold_weight,
     train_ranker,
 )
@@ -103,7 +104,7 @@ def _cold_pools(seed: int, users: int = 60) -> list[SlicePool]:
     return pools
 
 
-def test_the_cold_weight_is_the_best_cold_recall_within_the_warm_tolerance() -> None:
+def test_the_cold_weight_is_the_best_cold_rank_within_the_warm_tolerance() -> None:
     pools = _cold_pools(seed=5)
     strict = RankerTrainingParams(cold_weights=(0.1, 1.0, 10.0), warm_tolerance=0.0)
     loose = dataclasses.replace(strict, warm_tolerance=1.0)
@@ -112,13 +113,33 @@ def test_the_cold_weight_is_the_best_cold_recall_within_the_warm_tolerance() -> 
     assert scores == again and set(scores) == {"0.1", "1", "10"}
     warm = {w: scores[w][0] for w in scores}
     cold = {w: scores[w][1] for w in scores}
-    # No tolerance: the best warm NDCG decides; any tolerance: the best cold recall among those.
+    # No tolerance: the best warm NDCG decides; any tolerance: the best cold MRR among those.
     assert chosen_strict == float(max(warm, key=lambda w: warm[w]))
     assert chosen_loose == float(max(cold, key=lambda w: (cold[w], float(w))))
-    assert cold["10"] >= cold["0.1"]  # more weight on cold positives finds more of them
+    assert cold["10"] > cold["0.1"]  # more weight on cold positives ranks them higher
     # One candidate, or no held-out users: that candidate / the largest, without scoring.
     assert choose_cold_weight(pools, dataclasses.replace(strict, cold_weights=(0.5,))) == (0.5, {})
     assert choose_cold_weight(pools[:1], strict) == (10.0, {})
+
+
+def test_a_cold_label_below_the_top_20_still_moves_the_cold_score() -> None:
+    # The ranker scores by feature 0; two pools of 100, one cold positive each: 1st and 40th.
+    n = len(FEATURE_NAMES)
+    ranker = LearnedRanker(
+        FEATURE_NAMES, np.zeros(n, np.float32), np.ones(n, np.float32), np.eye(n)[0], 0.0
+    )
+    pools = []
+    for place in (0, 39):
+        x = np.zeros((100, n), dtype=np.float32)
+        x[:, 0] = -np.arange(100)  # candidate i ranks (i + 1)th
+        labels = np.zeros(100)
+        labels[[place, 50]] = 1.0  # the cold positive, and a warm one at 51st
+        cold = np.zeros(100, dtype=bool)
+        cold[place] = True
+        pools.append(SlicePool(x, labels, cold))
+    warm, cold_mrr = _pool_scores(ranker, pools)
+    assert cold_mrr == pytest.approx((1 / 1 + 1 / 40) / 2)
+    assert warm == 0.0  # the warm positive is outside every top 10
 
 
 def test_the_hidden_layer_learns_an_interaction_and_round_trips() -> None:
