@@ -28,6 +28,9 @@ class ExposureSettings:
     # and lifted coverage@10 from 0.126 to 0.157; at position 2 it cost 0.008.
     default_explore_slots: int = 1
     default_explore_first_position: int = 9
+    # Impressions' worth of evidence an item's relevance score is in its exploration prior
+    # (requests may set their own). 0: the flat prior, every never-shown tail candidate alike.
+    default_explore_prior_strength: float = 0.0
     # Deadline of a GetItemStats call when the caller sets none (else a share of the caller's).
     profiles_timeout_seconds: float = 0.2
     # Exposure counters are served from memory this long after profiles answered (then refreshed
@@ -62,6 +65,7 @@ class ExposureSettings:
                 params={"tail_quota": {"min_tail_share": self.default_min_tail_share}},
                 explore_slots=self.default_explore_slots,
                 explore_first_position=self.default_explore_first_position,
+                explore_prior_strength=self.default_explore_prior_strength,
             )
         except InvalidArgument as error:
             raise SettingsError(f"configuration error: {error.message}") from error

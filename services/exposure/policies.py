@@ -44,6 +44,8 @@ MAX_CANDIDATES = 1000
 # that KL stays finite when the list lacks one of the user's categories.
 CALIBRATION_SMOOTHING = 0.01
 DEFAULT_EXPLORE_FIRST_POSITION = 2
+# A prior worth more impressions than this would never let feedback overrule it in practice.
+MAX_EXPLORE_PRIOR_STRENGTH = 10_000.0
 _TINY = 1e-300
 # Added before flooring quota targets so that e.g. 0.29 * 100 asks for 29, not 28.
 _QUOTA_EPSILON = 1e-9
@@ -242,6 +244,9 @@ class ExploreConfig:
 
     slots: int = 0
     first_position: int = DEFAULT_EXPLORE_FIRST_POSITION
+    # How many impressions' worth of evidence the relevance score is in each item's Beta prior
+    # (``thompson_pick``). 0: the flat Beta(1, 1), every never-shown item alike.
+    prior_strength: float = 0.0
 
     def validate(self, k: int) -> None:
         if not 0 <= self.slots <= k:
@@ -258,6 +263,18 @@ class ExploreConfig:
                 policy="explore",
                 param="first_position",
                 value=self.first_position,
+            )
+        if not (
+            math.isfinite(self.prior_strength)
+            and 0.0 <= self.prior_strength <= MAX_EXPLORE_PRIOR_STRENGTH
+        ):
+            raise InvalidArgument(
+                "PARAMETER_OUT_OF_RANGE",
+                f"explore.prior_strength={self.prior_strength} is outside "
+                f"[0, {MAX_EXPLORE_PRIOR_STRENGTH:g}]",
+                policy="explore",
+                param="prior_strength",
+                value=self.prior_strength,
             )
 
 
@@ -634,8 +651,8 @@ REGISTRY: Mapping[str, PolicyEntry[Any]] = MappingProxyType(
 # Not a policy of its own: PolicySpec.explore adds these slots to whichever policy serves.
 EXPLORE_DESCRIPTION = (
     "Not a policy on its own: PolicySpec.explore reserves slots, spread from first_position on, "
-    "for cold/tail items chosen by Thompson sampling on their feedback per impression; composes "
-    "with every policy."
+    "for cold/tail items chosen by Thompson sampling on their feedback per impression, from a "
+    "prior worth prior_strength impressions of their relevance score; composes with every policy."
 )
 
 
@@ -683,13 +700,23 @@ def thompson_pick(
     stats: Mapping[str, ItemCounts],
     count: int,
     rng: np.random.Generator,
+    prior_strength: float = 0.0,
 ) -> list[CandidateIn]:
-    """The ``count`` best of ``pool`` by one Beta(1 + feedback, 1 + misses) draw each."""
+    """The ``count`` best of ``pool`` by one Beta draw each.
+
+    Each item's Beta is ``(1 + s m + feedback, 1 + s (1 - m) + misses)``: ``m`` is its relevance
+    score min-max normalised over the pool and ``s`` the prior strength, so that among items
+    nobody has seen yet the ones the ranker rates higher are tried first, and after about ``s``
+    impressions the feedback decides. ``s = 0`` is the flat prior: relevance plays no part."""
     if count <= 0 or not pool:
         return []
     counts = [stats.get(c.item_id, ZERO_COUNTS) for c in pool]
     hits = np.array([max(0, n.feedback) for n in counts], dtype=np.float64)
     misses = np.array([max(0, n.impressions - n.feedback) for n in counts], dtype=np.float64)
+    if prior_strength > 0:
+        merit = minmax([c.score for c in pool])
+        hits += prior_strength * merit
+        misses += prior_strength * (1.0 - merit)
     draws = rng.beta(1.0 + hits, 1.0 + misses)
     order = sorted(range(len(pool)), key=lambda i: (-float(draws[i]), i))
     return [pool[i] for i in order[:count]]
@@ -828,7 +855,13 @@ def execute(plan: RerankPlan, stats: Mapping[str, ItemCounts] | None = None) -> 
     if slots == 0:
         result: list[Placed] = plan.entry.function(ctx, plan.config, plan.k)
         return result
-    picked = thompson_pick(pool, ctx.stats, slots, _generator(plan.seed, plan.request_id))
+    picked = thompson_pick(
+        pool,
+        ctx.stats,
+        slots,
+        _generator(plan.seed, plan.request_id),
+        plan.explore.prior_strength,
+    )
     base: list[Placed] = plan.entry.function(
         ctx.without({c.item_id for c in picked}), plan.config, n_out - slots
     )
@@ -871,7 +904,11 @@ def describe_policies(
         PolicyInfo(
             "explore",
             EXPLORE_DESCRIPTION,
-            {"slots": str(explore.slots), "first_position": str(explore.first_position)},
+            {
+                "slots": str(explore.slots),
+                "first_position": str(explore.first_position),
+                "prior_strength": _text(explore.prior_strength),
+            },
         )
     )
     return infos

@@ -62,15 +62,19 @@ class PolicyDefaults:
     explore_slots: int = 1
     # As the served default (ExposureSettings.default_explore_first_position): the last of a top 10.
     explore_first_position: int = 9
+    # As the served default (ExposureSettings.default_explore_prior_strength).
+    explore_prior_strength: float = 0.0
 
     def __post_init__(self) -> None:
         """Raises InvalidArgument (caught at start-up) when a default is unusable."""
         policy_entry(self.policy)
         for name, params in self.params.items():
             policy_entry(name).configure(params)
-        ExploreConfig(self.explore_slots, self.explore_first_position).validate(
-            max(self.explore_slots, 0)
-        )
+        self.explore(self.explore_slots).validate(max(self.explore_slots, 0))
+
+    def explore(self, slots: int) -> ExploreConfig:
+        """``slots`` exploration slots at the configured position, with the configured prior."""
+        return ExploreConfig(slots, self.explore_first_position, self.explore_prior_strength)
 
 
 def default_explore(defaults: PolicyDefaults, length: int) -> ExploreConfig:
@@ -78,7 +82,7 @@ def default_explore(defaults: PolicyDefaults, length: int) -> ExploreConfig:
     that fall inside the list at the configured position, ``min(slots, max(0, length - first))``.
     """
     first = defaults.explore_first_position
-    return ExploreConfig(min(defaults.explore_slots, max(0, length - first)), first)
+    return defaults.explore(min(defaults.explore_slots, max(0, length - first)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +95,10 @@ class RerankQuery:
     params: Mapping[str, object] = dataclasses.field(default_factory=dict)
     # None: the default exploration of the resolved policy (see the module docstring).
     explore: ExploreConfig | None = None
-    # With ``explore``: where its slots start; None = the service's configured default.
+    # With ``explore``: where its slots start and how much the relevance score weighs in the
+    # Thompson prior; None = the service's configured default.
     explore_first_position: int | None = None
+    explore_prior_strength: float | None = None
     seed: int | None = None
     tail_propensity: float = 0.0
     category_mix: Mapping[str, float] = dataclasses.field(default_factory=dict)
@@ -126,10 +132,7 @@ class Reranker:
 
     def describe(self) -> list[PolicyInfo]:
         defaults = self._defaults
-        return describe_policies(
-            defaults.params,
-            ExploreConfig(defaults.explore_slots, defaults.explore_first_position),
-        )
+        return describe_policies(defaults.params, defaults.explore(defaults.explore_slots))
 
     def _resolve(self, query: RerankQuery) -> RerankInput:
         defaults = self._defaults
@@ -137,9 +140,11 @@ class Reranker:
         explore = query.explore
         if explore is not None:
             first = query.explore_first_position
+            strength = query.explore_prior_strength
             explore = dataclasses.replace(
                 explore,
                 first_position=defaults.explore_first_position if first is None else first,
+                prior_strength=defaults.explore_prior_strength if strength is None else strength,
             )
         if explore is None:
             explore = (

@@ -62,9 +62,11 @@ def _policy(spec: common_pb2.PolicySpec) -> tuple[str | None, dict[str, object]]
     return which, {field.name: value for field, value in params_message.ListFields()}
 
 
-def _explore(spec: common_pb2.PolicySpec) -> tuple[ExploreConfig | None, int | None]:
+def _explore(
+    spec: common_pb2.PolicySpec,
+) -> tuple[ExploreConfig | None, int | None, float | None]:
     if not spec.HasField("explore"):
-        return None, None
+        return None, None, None
     explore = spec.explore
     unknown = _unknown(explore)
     if unknown:
@@ -74,9 +76,11 @@ def _explore(spec: common_pb2.PolicySpec) -> tuple[ExploreConfig | None, int | N
             policy="explore",
             param=unknown[0],
         )
-    # Unset first_position: the service's configured default (resolved by the reranker).
+    # Unset first_position / prior_strength: the service's configured default (resolved by the
+    # reranker).
     first = explore.first_position if explore.HasField("first_position") else None
-    return ExploreConfig(slots=explore.slots), first
+    strength = explore.prior_strength if explore.HasField("prior_strength") else None
+    return ExploreConfig(slots=explore.slots), first, strength
 
 
 def _candidate(candidate: common_pb2.Candidate) -> CandidateIn:
@@ -96,10 +100,11 @@ def query_from_proto(request: exposure_service_pb2.RerankRequest) -> RerankQuery
     params: dict[str, object] = {}
     explore: ExploreConfig | None = None
     first_position: int | None = None
+    prior_strength: float | None = None
     seed: int | None = None
     if request.HasField("policy"):
         policy, params = _policy(request.policy)
-        explore, first_position = _explore(request.policy)
+        explore, first_position, prior_strength = _explore(request.policy)
         if request.policy.HasField("seed"):
             seed = request.policy.seed
     return RerankQuery(
@@ -108,6 +113,7 @@ def query_from_proto(request: exposure_service_pb2.RerankRequest) -> RerankQuery
         candidates=[_candidate(c) for c in request.candidates],
         k=request.k,
         explore_first_position=first_position,
+        explore_prior_strength=prior_strength,
         policy=policy,
         params=params,
         explore=explore,

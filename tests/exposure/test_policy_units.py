@@ -188,6 +188,29 @@ def test_explore_prefers_items_with_more_feedback_per_impression() -> None:
         assert got == [("h1", R), ("good", EX), ("h2", R)]
 
 
+def test_a_relevance_prior_tries_the_better_scored_unseen_items_first() -> None:
+    # Ten never-shown tail items scored 0.0 .. 0.9; one slot, 200 requests.
+    pool = [head("h", 2.0)] + [tail(f"t{i}", i / 10) for i in range(10)]
+
+    def explored(strength: float, stats: dict[str, ItemCounts] | None = None) -> list[str]:
+        picks = []
+        for seed in range(200):
+            got = run("relevance", pool, 2, stats, explore=ExploreConfig(1, 1, strength), seed=seed)
+            picks.append(next(item for item, reason in got if reason is EX))
+        return picks
+
+    flat, informed = explored(0.0), explored(50.0)
+    # The flat prior ignores the score: every item is tried, the best about a tenth of the time.
+    assert set(flat) == {f"t{i}" for i in range(10)}
+    assert flat.count("t9") < 40
+    # Fifty impressions' worth of relevance: nearly always one of the top two.
+    assert sum(item in ("t9", "t8") for item in informed) > 180
+    assert informed.count("t9") > informed.count("t8") > informed.count("t0")
+    # Feedback still overrules the prior: the top item shown 500 times without a click yields.
+    shown = {"t9": ItemCounts(500, 0)}
+    assert explored(50.0, shown).count("t9") == 0
+
+
 def test_explore_slots_go_to_the_base_policy_without_tail_candidates() -> None:
     pool = [head("h1", 0.9), head("h2", 0.8), head("h3", 0.7)]
     assert run("relevance", pool, 3, explore=ExploreConfig(2, 0)) == [
@@ -257,6 +280,12 @@ def test_an_unset_seed_comes_from_the_request_id() -> None:
         ({"explore": ExploreConfig(4, 0)}, "EXPLORE_SLOTS_OUT_OF_RANGE", None),
         ({"explore": ExploreConfig(-1, 0)}, "EXPLORE_SLOTS_OUT_OF_RANGE", None),
         ({"explore": ExploreConfig(1, -1)}, "PARAMETER_OUT_OF_RANGE", "first_position"),
+        ({"explore": ExploreConfig(1, 0, -1.0)}, "PARAMETER_OUT_OF_RANGE", "prior_strength"),
+        (
+            {"explore": ExploreConfig(1, 0, float("inf"))},
+            "PARAMETER_OUT_OF_RANGE",
+            "prior_strength",
+        ),
         ({"tail_propensity": 1.5}, "PARAMETER_OUT_OF_RANGE", "tail_propensity"),
         ({"category_mix": {"a": -1.0}}, "INVALID_CATEGORY_MIX", None),
         ({"candidates": [head("a", 1.0), head("a", 0.5)]}, "DUPLICATE_CANDIDATE", None),

@@ -230,7 +230,11 @@ async def test_list_policies(exposure) -> None:
     }
     assert dict(policies["tail_xquad"].defaults) == {"lambda": "0.5", "personalized": "true"}
     assert dict(policies["tail_quota"].defaults) == {"min_tail_share": "0.1"}
-    assert dict(policies["explore"].defaults) == {"slots": "1", "first_position": "9"}
+    assert dict(policies["explore"].defaults) == {
+        "slots": "1",
+        "first_position": "9",
+        "prior_strength": "0.0",
+    }
 
 
 async def test_configured_defaults_are_served_and_listed() -> None:
@@ -281,6 +285,40 @@ async def test_explore_without_first_position_uses_the_configured_one() -> None:
         await running.stop(0)
     reasons = [item.reason for item in answer.items]
     assert reasons.index(common_pb2.REASON_EXPLORE) == 3
+
+
+async def test_explore_without_prior_strength_uses_the_configured_one() -> None:
+    settings = ExposureSettings(
+        default_policy="relevance", default_explore_slots=0, default_explore_prior_strength=1000.0
+    )
+    running = await serve(settings, FakeStats())
+
+    async def explored(
+        stub: exposure_service_pb2_grpc.ExposureServiceAsyncStub, **prior: float
+    ) -> set[str]:
+        spec = Spec(
+            relevance=common_pb2.RelevancePolicy(),
+            explore=common_pb2.ExploreSlots(slots=1, first_position=0, **prior),
+        )
+        picked = set()
+        for n in range(20):
+            answer = await stub.Rerank(
+                Request(request_id=f"r{n}", candidates=pool(), k=5, policy=spec), timeout=5
+            )
+            picked |= {i.item_id for i in answer.items if i.reason == common_pb2.REASON_EXPLORE}
+        return picked
+
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = exposure_service_pb2_grpc.ExposureServiceStub(channel)
+            configured = await explored(stub)
+            flat = await explored(stub, prior_strength=0.0)
+    finally:
+        await running.stop(0)
+    # The configured prior: the better-scored tail item (t1 0.3 over c1 0.1) every time; the
+    # request's own flat prior: both, by the request's draw.
+    assert configured == {"t1"}
+    assert flat == {"t1", "c1"}
 
 
 def test_bad_settings_fail_at_start_up() -> None:
@@ -358,6 +396,19 @@ async def _raw_rerank(stub_channel: grpc.aio.Channel, payload: bytes) -> None:
             ),
             "EXPLORE_SLOTS_OUT_OF_RANGE",
             None,
+        ),
+        (
+            Request(
+                request_id="r",
+                candidates=pool(),
+                k=3,
+                policy=Spec(
+                    relevance=common_pb2.RelevancePolicy(),
+                    explore=common_pb2.ExploreSlots(slots=1, prior_strength=float("nan")),
+                ),
+            ),
+            "PARAMETER_OUT_OF_RANGE",
+            "prior_strength",
         ),
         (
             Request(request_id="r", candidates=pool(), k=3, tail_propensity=2.0),
