@@ -705,16 +705,21 @@ def thompson_pick(
     """The ``count`` best of ``pool`` by one Beta draw each.
 
     Each item's Beta is ``(1 + s m + feedback, 1 + s (1 - m) + misses)``: ``m`` is its relevance
-    score min-max normalised over the pool and ``s`` the prior strength, so that among items
-    nobody has seen yet the ones the ranker rates higher are tried first, and after about ``s``
-    impressions the feedback decides. ``s = 0`` is the flat prior: relevance plays no part."""
+    score min-max normalised among the pool's cold items, or among its warm tail items, and ``s``
+    the prior strength. So among items nobody has seen yet the ones the ranker rates higher are
+    tried first, while cold items, which the ranker rates below warm ones for want of evidence,
+    keep the share of the slots they have under the flat prior; after about ``s`` impressions
+    the feedback decides. ``s = 0`` is the flat prior: relevance plays no part."""
     if count <= 0 or not pool:
         return []
     counts = [stats.get(c.item_id, ZERO_COUNTS) for c in pool]
     hits = np.array([max(0, n.feedback) for n in counts], dtype=np.float64)
     misses = np.array([max(0, n.impressions - n.feedback) for n in counts], dtype=np.float64)
     if prior_strength > 0:
-        merit = minmax([c.score for c in pool])
+        merit = np.zeros(len(pool), dtype=np.float64)
+        for cold in (True, False):
+            group = [i for i, c in enumerate(pool) if c.is_cold == cold]
+            merit[group] = minmax([pool[i].score for i in group])
         hits += prior_strength * merit
         misses += prior_strength * (1.0 - merit)
     draws = rng.beta(1.0 + hits, 1.0 + misses)

@@ -211,6 +211,22 @@ def test_a_relevance_prior_tries_the_better_scored_unseen_items_first() -> None:
     assert explored(50.0, shown).count("t9") == 0
 
 
+def test_the_relevance_prior_ranks_cold_items_among_cold_items() -> None:
+    # Cold items score below warm tail ones; the prior orders each group within itself, so cold
+    # items keep about the share of the slot they have under the flat prior (half here).
+    pool = [tail(f"w{i}", 0.5 + i / 10) for i in range(5)]
+    pool += [tail(f"c{i}", i / 100, cold=True) for i in range(5)]
+    picks = []
+    for seed in range(200):
+        got = run("relevance", pool, 1, explore=ExploreConfig(1, 0, 5.0), seed=seed)
+        picks.append(got[0][0])
+    cold_share = sum(item.startswith("c") for item in picks) / len(picks)
+    assert 0.3 < cold_share < 0.7
+    for group in "cw":
+        counts = [picks.count(f"{group}{i}") for i in range(5)]
+        assert counts[4] > counts[3] > counts[0]
+
+
 def test_explore_slots_go_to_the_base_policy_without_tail_candidates() -> None:
     pool = [head("h1", 0.9), head("h2", 0.8), head("h3", 0.7)]
     assert run("relevance", pool, 3, explore=ExploreConfig(2, 0)) == [

@@ -300,10 +300,12 @@ async def test_explore_without_prior_strength_uses_the_configured_one() -> None:
             relevance=common_pb2.RelevancePolicy(),
             explore=common_pb2.ExploreSlots(slots=1, first_position=0, **prior),
         )
+        # Two warm tail items (the prior ranks cold items among cold ones only).
+        candidates = [*pool()[:4], Candidate(item_id="t2", score=0.2, is_tail=True)]
         picked = set()
         for n in range(20):
             answer = await stub.Rerank(
-                Request(request_id=f"r{n}", candidates=pool(), k=5, policy=spec), timeout=5
+                Request(request_id=f"r{n}", candidates=candidates, k=5, policy=spec), timeout=5
             )
             picked |= {i.item_id for i in answer.items if i.reason == common_pb2.REASON_EXPLORE}
         return picked
@@ -315,10 +317,10 @@ async def test_explore_without_prior_strength_uses_the_configured_one() -> None:
             flat = await explored(stub, prior_strength=0.0)
     finally:
         await running.stop(0)
-    # The configured prior: the better-scored tail item (t1 0.3 over c1 0.1) every time; the
+    # The configured prior: the better-scored tail item (t1 0.3 over t2 0.2) every time; the
     # request's own flat prior: both, by the request's draw.
     assert configured == {"t1"}
-    assert flat == {"t1", "c1"}
+    assert flat == {"t1", "t2"}
 
 
 def test_bad_settings_fail_at_start_up() -> None:
