@@ -702,29 +702,37 @@ def thompson_pick(
     rng: np.random.Generator,
     prior_strength: float = 0.0,
 ) -> list[CandidateIn]:
-    """The ``count`` best of ``pool`` by one Beta draw each.
+    """The ``count`` best of ``pool`` by one Beta(1 + feedback, 1 + misses) draw each.
 
-    Each item's Beta is ``(1 + s m + feedback, 1 + s (1 - m) + misses)``: ``m`` is its relevance
-    score min-max normalised among the pool's cold items, or among its warm tail items, and ``s``
-    the prior strength. So among items nobody has seen yet the ones the ranker rates higher are
-    tried first, while cold items, which the ranker rates below warm ones for want of evidence,
-    keep the share of the slots they have under the flat prior; after about ``s`` impressions
-    the feedback decides. ``s = 0`` is the flat prior: relevance plays no part."""
+    With a prior strength ``s > 0`` those draws decide only how many of the slots go to cold
+    items and how many to warm tail items (so cold items keep exactly the share the flat prior
+    gives them; the ranker rates them below warm items for want of evidence). Which items of a
+    group take its slots is decided by a second draw each, from
+    ``Beta(1 + s m + feedback, 1 + s (1 - m) + misses)`` with ``m`` the item's relevance score
+    min-max normalised within its group: among items nobody has seen yet the better rated are
+    tried first, and after about ``s`` impressions the feedback decides."""
     if count <= 0 or not pool:
         return []
     counts = [stats.get(c.item_id, ZERO_COUNTS) for c in pool]
     hits = np.array([max(0, n.feedback) for n in counts], dtype=np.float64)
     misses = np.array([max(0, n.impressions - n.feedback) for n in counts], dtype=np.float64)
-    if prior_strength > 0:
-        merit = np.zeros(len(pool), dtype=np.float64)
-        for cold in (True, False):
-            group = [i for i, c in enumerate(pool) if c.is_cold == cold]
-            merit[group] = minmax([pool[i].score for i in group])
-        hits += prior_strength * merit
-        misses += prior_strength * (1.0 - merit)
     draws = rng.beta(1.0 + hits, 1.0 + misses)
-    order = sorted(range(len(pool)), key=lambda i: (-float(draws[i]), i))
-    return [pool[i] for i in order[:count]]
+    order = sorted(range(len(pool)), key=lambda i: (-float(draws[i]), i))[:count]
+    if prior_strength <= 0:
+        return [pool[i] for i in order]
+    groups = {cold: [i for i, c in enumerate(pool) if c.is_cold == cold] for cold in (True, False)}
+    merit = np.zeros(len(pool), dtype=np.float64)
+    for members in groups.values():
+        merit[members] = minmax([pool[i].score for i in members])
+    informed = rng.beta(
+        1.0 + hits + prior_strength * merit, 1.0 + misses + prior_strength * (1.0 - merit)
+    )
+    ranked = {
+        cold: iter(sorted(members, key=lambda i: (-float(informed[i]), i)))
+        for cold, members in groups.items()
+    }
+    # Each slot keeps the group of the flat draw's pick; the group's best informed draw fills it.
+    return [pool[next(ranked[pool[i].is_cold])] for i in order]
 
 
 # ---------------------------------------------------------------------------------------------
