@@ -63,7 +63,7 @@ class PolicyDefaults:
     # As the served default (ExposureSettings.default_explore_first_position): the last of a top 10.
     explore_first_position: int = 9
     # As the served default (ExposureSettings.default_explore_prior_strength).
-    explore_prior_strength: float = 0.0
+    explore_prior_strength: float = 10.0
 
     def __post_init__(self) -> None:
         """Raises InvalidArgument (caught at start-up) when a default is unusable."""

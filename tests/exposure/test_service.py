@@ -233,7 +233,7 @@ async def test_list_policies(exposure) -> None:
     assert dict(policies["explore"].defaults) == {
         "slots": "1",
         "first_position": "9",
-        "prior_strength": "0.0",
+        "prior_strength": "10.0",
     }
 
 
