@@ -17,6 +17,7 @@ from services.profiles.profiles import (
     derive_idempotency_key,
     encode_page_token,
 )
+from services.profiles.repository import _categories
 
 
 class Clock:
@@ -189,3 +190,10 @@ def test_derived_idempotency_key_is_stable_and_field_sensitive() -> None:
     }
     assert key not in others and len(others) == 7
     assert len(key) <= 128
+
+
+def test_stored_categories_decode_from_their_json_text() -> None:
+    assert _categories('["a", "b"]') == ("a", "b")
+    assert _categories("[]") == _categories(None) == _categories("") == ()
+    assert _categories('{"a": 1}') == ()  # not a list: no categories, not a crash
+    assert _categories('["a", "b"]') is _categories('["a", "b"]')  # decoded once
