@@ -51,6 +51,7 @@ from longtail.exposure.v1 import exposure_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from longtail_client.client import LongtailClient
+from services.gateway.config import GatewaySettings
 from services.suite import datasets
 from services.suite.indexing import index_catalogue
 from services.suite.local import LocalSuite, SuiteConfig, parse_service_env
@@ -209,7 +210,9 @@ async def per_hop(
         for answer in await hop(
             "profiles.GetUserProfile",
             lambda n: client.profiles.GetUserProfile(
-                profiles_service_pb2.GetUserProfileRequest(user_id=chosen[n], history_limit=500),
+                profiles_service_pb2.GetUserProfileRequest(
+                    user_id=chosen[n], history_limit=GatewaySettings.history_limit
+                ),
                 timeout=5,
             ),
         )

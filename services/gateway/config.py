@@ -13,8 +13,11 @@ class GatewaySettings:
     exposure_target: str = "127.0.0.1:50054"
     # Candidates asked of ranking per request (the pool the exposure policy chooses from).
     candidate_count: int = 100
-    # History entries fetched per request: the user vector and the already-seen exclusion.
-    history_limit: int = 500
+    # History entries fetched per request (most recent first) and passed to ranking, whose scorer
+    # reads the first 200 (ScorerConfig.max_history): more would only be read, converted and sent
+    # to be dropped. The already-seen exclusion does not depend on it: it takes every item in the
+    # profile's seen_item_ids.
+    history_limit: int = 200
     # Deadline used when the caller sets none.
     default_deadline_seconds: float = 2.0
     # Share of the remaining time that ranking and exposure may use; the rest is kept for the

@@ -80,7 +80,7 @@ class Deadline:
 @dataclass(frozen=True)
 class PipelineConfig:
     candidate_count: int = 100
-    history_limit: int = 500
+    history_limit: int = 200
     pipeline_time_share: float = 0.6
     fallback_size: int = 200
     title_cache_size: int = 200_000

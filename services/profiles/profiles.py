@@ -970,8 +970,12 @@ def _stats(item_id: str, counters: Sequence[int], head: frozenset[str]) -> ItemS
 def category_mix(entries: Iterable[tuple[Sequence[str], int]]) -> dict[str, float]:
     """Share of interactions per category; an item's interactions split evenly over its
     categories, items without categories are left out, and the shares sum to 1."""
-    mass: dict[str, float] = collections.defaultdict(float)
+    # A user's items repeat a few category lists: split each distinct list's total once.
+    per_list: dict[tuple[str, ...], int] = collections.defaultdict(int)
     for categories, n in entries:
+        per_list[categories if isinstance(categories, tuple) else tuple(categories)] += n
+    mass: dict[str, float] = collections.defaultdict(float)
+    for categories, n in per_list.items():
         distinct = list(dict.fromkeys(categories))
         for category in distinct:
             mass[category] += n / len(distinct)

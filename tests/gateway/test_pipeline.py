@@ -14,6 +14,7 @@ from services.common.observability import RecommenderMetrics
 from services.common.server import RunningService, ServiceDefinition, start_service
 from services.common.settings import ServerSettings
 from services.gateway.app import SERVICE_NAME
+from services.gateway.config import GatewaySettings
 from services.gateway.pipeline import (
     Deadline,
     FallbackList,
@@ -22,6 +23,7 @@ from services.gateway.pipeline import (
     RecommendPipeline,
 )
 from services.gateway.servicer import GatewayServicer
+from services.ranking.scorer import ScorerConfig
 from tests.gateway.fakes import FakeExposure, FakeProfiles, FakeRanking
 
 Request = gateway_service_pb2.RecommendRequest
@@ -462,3 +464,10 @@ async def test_fallback_refresh_pages_through_the_catalogue() -> None:
     assert profiles.calls["list_item_stats"] == 3  # pages of 10,000
     assert [s.item_id for s in fallback.head] == ["i0", "i1"]
     assert len(fallback.tail) == 2 and all(s.is_tail for s in fallback.tail)
+
+
+def test_the_gateway_fetches_the_history_ranking_reads_and_no_more() -> None:
+    # Ranking's scorer reads the most recent max_history entries; the gateway asks profiles for
+    # exactly those (fewer would change the lists, more would be read and sent to be dropped).
+    assert GatewaySettings().history_limit == ScorerConfig().max_history
+    assert PipelineConfig().history_limit == GatewaySettings().history_limit
