@@ -244,8 +244,8 @@ class ExploreConfig:
 
     slots: int = 0
     first_position: int = DEFAULT_EXPLORE_FIRST_POSITION
-    # How many impressions' worth of evidence the relevance score is in each item's Beta prior
-    # (``thompson_pick``). 0: the flat Beta(1, 1), every never-shown item alike.
+    # How many impressions' worth of evidence the relevance score is in the prior that picks
+    # which items of a group take its slots (``thompson_pick``). 0: the flat Beta(1, 1) alone.
     prior_strength: float = 0.0
 
     def validate(self, k: int) -> None:

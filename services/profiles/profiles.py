@@ -973,7 +973,7 @@ def category_mix(entries: Iterable[tuple[Sequence[str], int]]) -> dict[str, floa
     # A user's items repeat a few category lists: split each distinct list's total once.
     per_list: dict[tuple[str, ...], int] = collections.defaultdict(int)
     for categories, n in entries:
-        per_list[categories if isinstance(categories, tuple) else tuple(categories)] += n
+        per_list[tuple(categories)] += n  # no copy of a tuple
     mass: dict[str, float] = collections.defaultdict(float)
     for categories, n in per_list.items():
         distinct = list(dict.fromkeys(categories))
