@@ -241,6 +241,9 @@ class Floor:
         self._closers = list(closers)
         self._blas_limits = blas_limits
         self._titles: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
+        # The gateway's profile cache: by user, (version, profile, excluded items), re-read when
+        # profiles says the version moved.
+        self._kept: OrderedDict[str, tuple[str, UserProfile, frozenset[str]]] = OrderedDict()
         self._stale_refreshed_at = time.monotonic()
         self.clock = StageClock()
 
@@ -357,12 +360,12 @@ class Floor:
         gateway = self._gateway
         request_id = uuid.uuid4().hex
         with clock.stage("profile read"):
-            profile = await self._profile(user_id, gateway.history_limit)
+            kept = await self._profile(user_id, gateway.history_limit)
         with clock.stage("other"):
+            profile = kept[1] if kept is not None else None
             history = profile.history if profile is not None else []
             stored_interests = profile.interests if profile is not None else ""
-            seen = set(profile.seen_item_ids) if profile is not None else set()
-            exclude = seen | {entry.item_id for entry in history}
+            exclude = kept[2] if kept is not None else frozenset()
             ranking_request = RankRequest(
                 user_id=user_id,
                 history=[
@@ -429,11 +432,32 @@ class Floor:
             self._stale_refreshed_at = time.monotonic()
         return len(impressions)
 
-    async def _profile(self, user_id: str, history_limit: int) -> UserProfile | None:
+    async def _profile(
+        self, user_id: str, history_limit: int
+    ) -> tuple[str, UserProfile, frozenset[str]] | None:
+        """The profile as the gateway's pipeline has it: the kept copy while its version holds."""
+        kept = self._kept.get(user_id)
         try:
-            return await self._profiles.get_user_profile(user_id, history_limit)
+            read = await self._profiles.read_profile(
+                user_id, history_limit, if_version_differs=kept[0] if kept is not None else ""
+            )
         except NotFound:
+            self._kept.pop(user_id, None)
             return None  # a new user: no history, nothing to exclude
+        if read.unchanged and kept is not None:
+            self._kept.move_to_end(user_id)
+            return kept
+        if read.profile is None:
+            return None
+        profile = read.profile
+        seen = frozenset(profile.seen_item_ids).union(entry.item_id for entry in profile.history)
+        kept = (read.version, profile, seen)
+        if self._gateway.profile_cache_size > 0:
+            self._kept[user_id] = kept
+            self._kept.move_to_end(user_id)
+            while len(self._kept) > self._gateway.profile_cache_size:
+                self._kept.popitem(last=False)
+        return kept
 
     async def _item_info(self, item_ids: Sequence[str]) -> None:
         """Titles and categories of the served items, through the gateway's bounded LRU."""

@@ -41,6 +41,7 @@ def pipeline_config(settings: GatewaySettings) -> PipelineConfig:
         pipeline_time_share=settings.pipeline_time_share,
         fallback_size=settings.fallback_size,
         title_cache_size=settings.title_cache_size,
+        profile_cache_size=settings.profile_cache_size,
         ranking_timeout=settings.ranking_timeout_seconds,
         exposure_timeout=settings.exposure_timeout_seconds,
         profile_timeout=settings.profile_timeout_seconds,

@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -86,6 +87,9 @@ class PipelineConfig:
     title_cache_size: int = 200_000
     ranking_timeout: float = RANKING_TIMEOUT
     exposure_timeout: float = EXPOSURE_TIMEOUT
+    # Profiles kept by user (0: none): a known user's next Recommend asks profiles whether the
+    # copy's version is still current instead of reading the profile again.
+    profile_cache_size: int = 10_000
     # Ceilings of the store's reads and writes (not settings yet: the defaults serve; tests that
     # run real stores on a loaded machine raise them so that only the caller's deadline binds).
     profile_timeout: float = PROFILE_TIMEOUT
@@ -143,6 +147,56 @@ class ItemInfoCache:
         return {item_id: self._items.get(item_id, unknown) for item_id in item_ids}
 
 
+@dataclass(frozen=True)
+class KnownProfile:
+    """A profile as the pipeline uses it, with what it derives from it once: the history list and
+    the items to exclude (every item the user touched), as a set and sorted for ranking."""
+
+    version: str
+    profile: profiles_service_pb2.UserProfile
+    history: tuple[common_pb2.HistoryEntry, ...]
+    seen: frozenset[str]
+    seen_sorted: tuple[str, ...]
+
+    @classmethod
+    def of(cls, profile: profiles_service_pb2.UserProfile, version: str) -> KnownProfile:
+        history = tuple(profile.history)
+        seen = frozenset(profile.seen_item_ids).union(entry.item_id for entry in history)
+        return cls(version, profile, history, seen, tuple(sorted(seen)))
+
+
+class ProfileCache:
+    """The profiles of recent users, each under the version profiles gave it. Profiles moves a
+    user's version in the transaction of every write the profile depends on, and the pipeline
+    asks with the copy's version on every Recommend (the call that also does the replay check),
+    so a copy is used only while it is exactly what a full read would return: Feedback then
+    Recommend re-reads. Bounded, least recently used out."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._profiles: OrderedDict[str, KnownProfile] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._profiles)
+
+    def get(self, user_id: str) -> KnownProfile | None:
+        known = self._profiles.get(user_id)
+        if known is not None:
+            self._profiles.move_to_end(user_id)
+        return known
+
+    def put(self, user_id: str, known: KnownProfile) -> None:
+        if self._capacity <= 0:
+            return
+        self._profiles[user_id] = known
+        self._profiles.move_to_end(user_id)
+        while len(self._profiles) > self._capacity:
+            self._profiles.popitem(last=False)
+
+    def drop(self, user_id: str) -> None:
+        self._profiles.pop(user_id, None)
+
+
 class FallbackList:
     """Popular items and tail items, refreshed from the store, served when ranking is down."""
 
@@ -185,7 +239,9 @@ class FallbackList:
         self._version = first.popularity_version
         return True
 
-    def items(self, k: int, exclude: set[str], request_id: str) -> list[common_pb2.RankedItem]:
+    def items(
+        self, k: int, exclude: AbstractSet[str], request_id: str
+    ) -> list[common_pb2.RankedItem]:
         """Alternate head and tail items; the tail rotation depends on the request."""
         rotation = int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16)
         tail = (
@@ -271,6 +327,7 @@ class RecommendPipeline:
         self._exposure = exposure
         self._config = config
         self.items = ItemInfoCache(profiles, config.title_cache_size)
+        self.profiles = ProfileCache(config.profile_cache_size)
         self.fallback = FallbackList(profiles, config.fallback_size)
         # The fallback version whose item ids are all in the item info cache (or it is full).
         self._filled_version = ""
@@ -291,30 +348,20 @@ class RecommendPipeline:
         self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline
     ) -> gateway_service_pb2.RecommendResponse:
         _validate(request)
-        profile: profiles_service_pb2.UserProfile | None
-        if request.request_id:
-            # The replay check and the profile read in one call (one round trip, one transaction).
-            profile, logged = await self._profiles.get_user_profile_and_served(
-                request.user_id,
-                self._config.history_limit,
-                request.request_id,
-                deadline.timeout(self._config.profile_timeout),
-            )
-            if logged:
-                return await self._replay(request, logged, deadline)
-        else:
-            profile = await self._profiles.get_user_profile(
-                request.user_id,
-                self._config.history_limit,
-                deadline.timeout(self._config.profile_timeout),
-            )
+        known = await self._read_profile(request, deadline)
+        if isinstance(known, list):
+            return await self._replay(request, known, deadline)
         request_id = request.request_id or uuid.uuid4().hex
 
-        history = list(profile.history) if profile is not None else []
+        profile = known.profile if known is not None else None
+        history: Sequence[common_pb2.HistoryEntry] = known.history if known is not None else ()
         stored_interests = profile.interests if profile is not None else ""
         interests = request.interests or stored_interests
-        seen = set(profile.seen_item_ids) if profile is not None else set()
-        exclude = set() if request.include_seen else seen | {entry.item_id for entry in history}
+        if request.include_seen or known is None:
+            exclude: frozenset[str] = frozenset()
+            exclude_sorted: Sequence[str] = ()
+        else:
+            exclude, exclude_sorted = known.seen, known.seen_sorted
 
         remember = None
         if request.interests and request.interests != stored_interests:
@@ -325,7 +372,7 @@ class RecommendPipeline:
             )
 
         choice = await self._choose(
-            request, request_id, profile, history, interests, exclude, deadline
+            request, request_id, profile, history, interests, exclude, exclude_sorted, deadline
         )
         ranked = choice.items
         now = timestamp_pb2.Timestamp()
@@ -397,14 +444,40 @@ class RecommendPipeline:
             self._metrics.observe_response(response, fallback_cause=choice.fallback_cause)
         return response
 
+    async def _read_profile(
+        self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline
+    ) -> KnownProfile | list[common_pb2.Impression] | None:
+        """The user's profile (None: unknown user), from the cache while its version holds; or,
+        when the request_id was served already, the list in the log. The replay check and the
+        profile read are one call (one round trip, one transaction)."""
+        cached = self.profiles.get(request.user_id)
+        read = await self._profiles.read_profile(
+            request.user_id,
+            self._config.history_limit,
+            request.request_id,
+            deadline.timeout(self._config.profile_timeout),
+            cached.version if cached is not None else "",
+        )
+        if read.served:
+            return read.served
+        if read.unchanged and cached is not None:
+            return cached
+        if read.profile is None:
+            self.profiles.drop(request.user_id)
+            return None
+        known = KnownProfile.of(read.profile, read.version)
+        self.profiles.put(request.user_id, known)
+        return known
+
     async def _choose(
         self,
         request: gateway_service_pb2.RecommendRequest,
         request_id: str,
-        profile: object,
-        history: list[common_pb2.HistoryEntry],
+        profile: profiles_service_pb2.UserProfile | None,
+        history: Sequence[common_pb2.HistoryEntry],
         interests: str,
-        exclude: set[str],
+        exclude: AbstractSet[str],
+        exclude_sorted: Sequence[str],
         deadline: Deadline,
     ) -> Choice:
         """Ranking then exposure; on any failure but a bad policy, the fallback list."""
@@ -417,7 +490,7 @@ class RecommendPipeline:
                     history=history,
                     interests=interests,
                     candidate_count=self._config.candidate_count,
-                    exclude_item_ids=sorted(exclude),
+                    exclude_item_ids=exclude_sorted,
                     include_vectors=wants_vectors,
                     # Ranking drops history items unless told: include_seen needs both this and
                     # the empty exclusion list above.
@@ -425,8 +498,8 @@ class RecommendPipeline:
                 ),
                 deadline.timeout(self._config.ranking_timeout, share * 0.7),
             )
-            tail_propensity = getattr(profile, "tail_propensity", 0.0)
-            category_mix = dict(getattr(profile, "category_mix", {}))
+            tail_propensity = profile.tail_propensity if profile is not None else 0.0
+            category_mix = dict(profile.category_mix) if profile is not None else {}
             rerank = exposure_service_pb2.RerankRequest(
                 request_id=request_id,
                 user_id=request.user_id,
@@ -473,7 +546,7 @@ class RecommendPipeline:
         )
 
     async def _fallback(
-        self, k: int, exclude: set[str], request_id: str, deadline: Deadline
+        self, k: int, exclude: AbstractSet[str], request_id: str, deadline: Deadline
     ) -> list[common_pb2.RankedItem]:
         if not self.fallback.head and not self.fallback.tail:
             # Only before the background refresh has filled the list; within the caller's time.

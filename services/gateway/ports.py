@@ -7,7 +7,7 @@ place where stub calls and upstream errors are translated.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import grpc
@@ -30,15 +30,29 @@ class StatsPage:
     unchanged: bool = False
 
 
-class ProfilesPort(Protocol):
-    async def get_user_profile(
-        self, user_id: str, history_limit: int, timeout: float
-    ) -> profiles_service_pb2.UserProfile | None: ...
+@dataclass(frozen=True)
+class ProfileRead:
+    """One GetUserProfile answer: the profile (None for an unknown user, or when the caller's
+    version is current: ``unchanged``), its version ("" for an unknown user), and the impressions
+    logged under the request_id asked about."""
 
-    async def get_user_profile_and_served(
-        self, user_id: str, history_limit: int, served_request_id: str, timeout: float
-    ) -> tuple[profiles_service_pb2.UserProfile | None, list[common_pb2.Impression]]:
-        """The profile (None: unknown user) and what is logged under ``served_request_id``."""
+    profile: profiles_service_pb2.UserProfile | None
+    version: str = ""
+    unchanged: bool = False
+    served: list[common_pb2.Impression] = field(default_factory=list)
+
+
+class ProfilesPort(Protocol):
+    async def read_profile(
+        self,
+        user_id: str,
+        history_limit: int,
+        served_request_id: str,
+        timeout: float,
+        if_version_differs: str = "",
+    ) -> ProfileRead:
+        """The profile (None: unknown user) and, when ``served_request_id`` is set, what is logged
+        under it; only the version when ``if_version_differs`` is current."""
         ...
 
     async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None: ...
@@ -100,34 +114,32 @@ class GrpcProfiles:
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = profiles_service_pb2_grpc.ProfilesServiceStub(channel)
 
-    async def get_user_profile(
-        self, user_id: str, history_limit: int, timeout: float
-    ) -> profiles_service_pb2.UserProfile | None:
+    async def read_profile(
+        self,
+        user_id: str,
+        history_limit: int,
+        served_request_id: str,
+        timeout: float,
+        if_version_differs: str = "",
+    ) -> ProfileRead:
         request = profiles_service_pb2.GetUserProfileRequest(
-            user_id=user_id, history_limit=history_limit
+            user_id=user_id,
+            history_limit=history_limit,
+            served_request_id=served_request_id,
+            if_profile_version_differs=if_version_differs,
         )
         try:
             response = await self._stub.GetUserProfile(request, timeout=timeout)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
+                return ProfileRead(None)
             raise from_upstream(error, "profiles") from error
-        return response.profile
-
-    async def get_user_profile_and_served(
-        self, user_id: str, history_limit: int, served_request_id: str, timeout: float
-    ) -> tuple[profiles_service_pb2.UserProfile | None, list[common_pb2.Impression]]:
-        request = profiles_service_pb2.GetUserProfileRequest(
-            user_id=user_id, history_limit=history_limit, served_request_id=served_request_id
+        return ProfileRead(
+            response.profile if response.HasField("profile") else None,
+            response.profile_version,
+            response.unchanged,
+            list(response.served),
         )
-        try:
-            response = await self._stub.GetUserProfile(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None, []
-            raise from_upstream(error, "profiles") from error
-        profile = response.profile if response.HasField("profile") else None
-        return profile, list(response.served)
 
     async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None:
         request = profiles_service_pb2.UpsertUsersRequest(

@@ -81,6 +81,10 @@ class User(Base):
     interests: Mapped[str] = mapped_column(Text, default="")
     attributes: Mapped[dict[str, str]] = mapped_column(JsonType, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # Moves in the transaction of every write the user's profile depends on (interactions,
+    # interests, the categories of items the user touched): GetUserProfile's profile_version, so a
+    # caller's cached profile is re-read exactly when it would differ.
+    profile_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class Item(Base):

@@ -47,6 +47,7 @@ from services.profiles.records import (
     ItemFilter,
     ItemRecord,
     ItemStats,
+    ProfileRead,
     ServedEntry,
     UserProfile,
     UserRecord,
@@ -210,6 +211,9 @@ class HeadSnapshot:
     # A digest of the counts it was computed from (part of ListItemStats' popularity version):
     # equal counts give equal digests, so a periodic recount that finds nothing new keeps it.
     counts_digest: str = ""
+    # A digest of the head set alone (part of every profile version: tail_propensity reads it).
+    # Counts move with every interaction; the set moves only when an item crosses the boundary.
+    head_digest: str = ""
 
     @classmethod
     def from_counts(cls, counts: Mapping[str, int]) -> HeadSnapshot:
@@ -220,6 +224,9 @@ class HeadSnapshot:
             cold_count=sum(1 for n in counts.values() if n == 0),
             head_min_interactions=min((counts[item] for item in head), default=0),
             counts_digest=_counts_digest(counts),
+            head_digest=hashlib.blake2b(
+                "\n".join(sorted(head)).encode(), digest_size=8
+            ).hexdigest(),
         )
 
 
@@ -584,41 +591,60 @@ class Profiles:
         limit = _check_profile_request(user_id, history_limit)
 
         def read(session: Session) -> UserProfile:
-            profile = self._read_profile(session, user_id, limit)
-            if profile is None:
+            found = self._read_profile(session, user_id, limit)
+            if found is None or found.profile is None:
                 raise NotFound("USER_NOT_FOUND", f"unknown user {user_id!r}", user_id=user_id)
-            return profile
+            return found.profile
 
         return await self._db.run(read)
 
-    async def profile_for_serving(
-        self, user_id: str, history_limit: int, served_request_id: str
-    ) -> tuple[UserProfile | None, list[ImpressionRecord]]:
-        """The profile and the impressions already logged under ``served_request_id``, in one
-        transaction (a Recommend's replay check and profile read in one round trip). NOT_FOUND
-        only when the user is unknown and nothing is logged under the request_id."""
+    async def read_profile(
+        self,
+        user_id: str,
+        history_limit: int,
+        served_request_id: str = "",
+        if_version_differs: str = "",
+    ) -> ProfileRead:
+        """The profile and its version, and the impressions already logged under
+        ``served_request_id`` (when given), in one transaction: a Recommend's replay check and
+        profile read in one round trip. When ``if_version_differs`` is the current version, only
+        the version is read (unchanged). NOT_FOUND only when the user is unknown and nothing is
+        logged under the request_id."""
         limit = _check_profile_request(user_id, history_limit)
-        check_id(served_request_id, "EMPTY_REQUEST_ID", "served_request_id")
+        if served_request_id:
+            check_id(served_request_id, "EMPTY_REQUEST_ID", "served_request_id")
 
-        def read(session: Session) -> tuple[UserProfile | None, list[ImpressionRecord]]:
-            served = self._repo.list_impressions(session, served_request_id)
-            profile = self._read_profile(session, user_id, limit)
-            if profile is None and not served:
+        def read(session: Session) -> ProfileRead:
+            served = (
+                self._repo.list_impressions(session, served_request_id) if served_request_id else []
+            )
+            found = self._read_profile(session, user_id, limit, if_version_differs)
+            if found is None and not served:
                 raise NotFound("USER_NOT_FOUND", f"unknown user {user_id!r}", user_id=user_id)
-            return profile, served
+            return dataclasses.replace(found or ProfileRead(None, ""), served=served)
 
         return await self._db.run(read)
 
-    def _read_profile(self, session: Session, user_id: str, limit: int) -> UserProfile | None:
-        interests = self._repo.user_interests(session, user_id)
-        if interests is None:
+    def _read_profile(
+        self, session: Session, user_id: str, limit: int, if_version_differs: str = ""
+    ) -> ProfileRead | None:
+        # The version is read first: on PostgreSQL (read committed) a write that commits between
+        # these statements shows in the rows read after it, and then in the next version, so a
+        # copy kept under this version can only hold more than it says, never less.
+        state = self._repo.user_state(session, user_id)
+        if state is None:
             return None
+        interests, stored_version = state
+        snapshot = self._head_snapshot(session)
+        version = f"{stored_version}.{limit}.{snapshot.head_digest}"
+        if if_version_differs == version:
+            return ProfileRead(None, version, unchanged=True)
         history = self._repo.recent_history(session, user_id, limit)
         per_item = self._repo.user_item_counts(session, user_id)
-        head = self._head_snapshot(session).head
+        head = snapshot.head
         total = sum(n for _, _, n in per_item)
         tail = sum(n for item_id, _, n in per_item if item_id not in head)
-        return UserProfile(
+        profile = UserProfile(
             user_id=user_id,
             interests=interests,
             history=history,
@@ -627,6 +653,7 @@ class Profiles:
             interaction_count=total,
             seen_item_ids=sorted(item_id for item_id, _, _ in per_item),
         )
+        return ProfileRead(profile, version)
 
     # ---------------------------------------------------------------- interactions
 

@@ -128,6 +128,18 @@ class UserProfile:
 
 
 @dataclasses.dataclass(frozen=True)
+class ProfileRead:
+    """A profile read (GetUserProfile): the profile, None for an unknown user or when the caller's
+    version is current (``unchanged``); its version ("" for an unknown user); the impressions
+    logged under the request_id asked about."""
+
+    profile: UserProfile | None
+    version: str
+    unchanged: bool = False
+    served: list[ImpressionRecord] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class ItemStats:
     item_id: str
     interaction_count: int

@@ -64,7 +64,15 @@ _BUMP_COUNTER = {
 # The statements of the per-request paths (GetUserProfile, GetItemStats, RecordImpressions) are
 # built once with bound parameters and run on the session's Core connection: building a select
 # per call and the ORM execution layer cost more than SQLite's own work on these small reads.
-_USER_INTERESTS = sa.select(users_t.c.interests).where(users_t.c.user_id == sa.bindparam("user_id"))
+_USER_STATE = sa.select(users_t.c.interests, users_t.c.profile_version).where(
+    users_t.c.user_id == sa.bindparam("user_id")
+)
+# Moves the profile version of the users named (their profile changed in this transaction).
+_BUMP_PROFILE_VERSIONS = (
+    sa.update(users_t)
+    .where(users_t.c.user_id.in_(sa.bindparam("user_ids", expanding=True)))
+    .values(profile_version=users_t.c.profile_version + 1)
+)
 _RECENT_HISTORY = (
     sa.select(
         interactions_t.c.item_id,
@@ -255,8 +263,21 @@ class Repository:
     # ---------------------------------------------------------------- items
 
     def upsert_items(self, session: Session, items: Sequence[ItemRecord], now: dt.datetime) -> None:
-        """Insert or replace items (their vector is kept unless their text changed)."""
+        """Insert or replace items (their vector is kept unless their text changed). The users
+        who interacted with an item whose categories change get a new profile version (their
+        category mix moves)."""
         ordered = sorted(items, key=lambda item: item.item_id)
+        stored = session.connection().execute(
+            sa.select(items_t.c.item_id, sa.cast(items_t.c.categories, sa.Text)).where(
+                items_t.c.item_id.in_([item.item_id for item in ordered])
+            )
+        )
+        before = {item_id: _categories(raw) for item_id, raw in stored}
+        recategorised = [
+            item.item_id
+            for item in ordered
+            if item.item_id in before and before[item.item_id] != tuple(item.categories)
+        ]
         with_time = [self._item_row(item, now) for item in ordered if item.created_at is not None]
         without_time = [self._item_row(item, now) for item in ordered if item.created_at is None]
         for rows, update_created in ((with_time, True), (without_time, False)):
@@ -281,6 +302,7 @@ class Repository:
             _insert(session, counters_t).on_conflict_do_nothing(index_elements=["item_id"]),
             counter_rows,
         )
+        self.bump_profiles_of_items(session, recategorised)
 
     @staticmethod
     def _item_row(item: ItemRecord, now: dt.datetime) -> dict[str, Any]:
@@ -446,7 +468,11 @@ class Repository:
         stmt = _insert(session, users_t)
         stmt = stmt.on_conflict_do_update(
             index_elements=["user_id"],
-            set_={"interests": stmt.excluded.interests, "attributes": stmt.excluded.attributes},
+            set_={
+                "interests": stmt.excluded.interests,
+                "attributes": stmt.excluded.attributes,
+                "profile_version": users_t.c.profile_version + 1,
+            },
         )
         session.execute(stmt, rows)
 
@@ -478,10 +504,27 @@ class Repository:
             return None
         return UserRecord(row.user_id, row.interests, dict(row.attributes or {}))
 
-    def user_interests(self, session: Session, user_id: str) -> str | None:
-        """The user's stated interests, None for an unknown user (no JSON columns read)."""
-        row = session.connection().execute(_USER_INTERESTS, {"user_id": user_id}).one_or_none()
-        return None if row is None else str(row[0])
+    def user_state(self, session: Session, user_id: str) -> tuple[str, int] | None:
+        """The user's stated interests and profile version, None for an unknown user (no JSON
+        columns read)."""
+        row = session.connection().execute(_USER_STATE, {"user_id": user_id}).one_or_none()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def bump_profile_versions(self, session: Session, user_ids: Iterable[str]) -> None:
+        """Moves the profile version of ``user_ids`` (in key order: no deadlock between writers)."""
+        ids = sorted(set(user_ids))
+        if ids:
+            session.connection().execute(_BUMP_PROFILE_VERSIONS, {"user_ids": ids})
+
+    def bump_profiles_of_items(self, session: Session, item_ids: Iterable[str]) -> None:
+        """Moves the profile version of every user who interacted with one of ``item_ids``."""
+        ids = sorted(set(item_ids))
+        if not ids:
+            return
+        touched = (
+            sa.select(interactions_t.c.user_id).where(interactions_t.c.item_id.in_(ids)).distinct()
+        )
+        self.bump_profile_versions(session, (row[0] for row in session.execute(touched)))
 
     def recent_history(self, session: Session, user_id: str, limit: int) -> list[HistoryEntry]:
         rows = session.connection().execute(_RECENT_HISTORY, {"user_id": user_id, "limit": limit})
@@ -513,8 +556,9 @@ class Repository:
             for record in sorted(interactions, key=lambda record: record.idempotency_key)
         ]
         stored = _insert_new(
-            session, interactions_t, rows, ["idempotency_key"], ["item_id", "request_id"]
+            session, interactions_t, rows, ["idempotency_key"], ["user_id", "item_id", "request_id"]
         )
+        self.bump_profile_versions(session, (row.user_id for row in stored))
         return [
             InteractionRecord(
                 user_id="", item_id=row.item_id, kind="", request_id=row.request_id or ""

@@ -253,15 +253,17 @@ class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
     async def GetUserProfile(
         self, request: pb.GetUserProfileRequest, context: ServicerContext
     ) -> pb.GetUserProfileResponse:
-        if not request.served_request_id:
-            profile = await self._profiles.get_user_profile(request.user_id, request.history_limit)
-            return pb.GetUserProfileResponse(profile=_profile_out(profile))
-        found, served = await self._profiles.profile_for_serving(
-            request.user_id, request.history_limit, request.served_request_id
+        found = await self._profiles.read_profile(
+            request.user_id,
+            request.history_limit,
+            request.served_request_id,
+            request.if_profile_version_differs,
         )
         return pb.GetUserProfileResponse(
-            profile=None if found is None else _profile_out(found),
-            served=[_impression_out(record) for record in served],
+            profile=None if found.profile is None else _profile_out(found.profile),
+            served=[_impression_out(record) for record in found.served],
+            profile_version=found.version,
+            unchanged=found.unchanged,
         )
 
     async def RecordInteractions(

@@ -11,7 +11,7 @@ from longtail.exposure.v1 import exposure_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from services.common.errors import AlreadyExists, InvalidArgument, ServiceError, Unavailable
-from services.gateway.ports import StatsPage
+from services.gateway.ports import ProfileRead, StatsPage
 
 
 class FakeProfiles:
@@ -59,22 +59,35 @@ class FakeProfiles:
         if self.down or method in self.failing:
             raise Unavailable("STORE_UNAVAILABLE", "store is down")
 
-    async def get_user_profile(
-        self, user_id: str, history_limit: int, timeout: float
-    ) -> profiles_service_pb2.UserProfile | None:
-        self._check("get_user_profile")
-        return self.profiles.get(user_id)
+    def profile_version(self, user_id: str) -> str:
+        """Like the store's: moves with every write the profile depends on (here, any change
+        of the stored profile message)."""
+        profile = self.profiles.get(user_id)
+        return (
+            ""
+            if profile is None
+            else hashlib.sha256(profile.SerializeToString(deterministic=True)).hexdigest()
+        )
 
-    async def get_user_profile_and_served(
-        self, user_id: str, history_limit: int, served_request_id: str, timeout: float
-    ) -> tuple[profiles_service_pb2.UserProfile | None, list[common_pb2.Impression]]:
+    async def read_profile(
+        self,
+        user_id: str,
+        history_limit: int,
+        served_request_id: str,
+        timeout: float,
+        if_version_differs: str = "",
+    ) -> ProfileRead:
         # One call to the store, as the real one is (counted as the profile read).
         self._check("get_user_profile")
         served = sorted(
             (i for (r, _), i in self.impressions.items() if r == served_request_id),
             key=lambda i: i.position,
         )
-        return self.profiles.get(user_id), served
+        version = self.profile_version(user_id)
+        if version and version == if_version_differs:
+            self.calls["profile_unchanged"] += 1
+            return ProfileRead(None, version, unchanged=True, served=served)
+        return ProfileRead(self.profiles.get(user_id), version, served=served)
 
     async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None:
         self._check("upsert_user")
@@ -160,6 +173,12 @@ class FakeProfiles:
         if interaction.idempotency_key in self.interactions:
             return False
         self.interactions[interaction.idempotency_key] = interaction
+        # Like the store: the interaction is in the user's profile from now on (newest first).
+        profile = self.profiles.get(interaction.user_id)
+        if profile is not None:
+            profile.history.insert(0, common_pb2.HistoryEntry(item_id=interaction.item_id))
+            if interaction.item_id not in profile.seen_item_ids:
+                profile.seen_item_ids.append(interaction.item_id)
         return True
 
 

@@ -19,7 +19,9 @@ from services.gateway.pipeline import (
     Deadline,
     FallbackList,
     ItemInfoCache,
+    KnownProfile,
     PipelineConfig,
+    ProfileCache,
     RecommendPipeline,
 )
 from services.gateway.servicer import GatewayServicer
@@ -30,7 +32,7 @@ Request = gateway_service_pb2.RecommendRequest
 
 
 class Suite:
-    def __init__(self) -> None:
+    def __init__(self, config: PipelineConfig | None = None) -> None:
         self.profiles = FakeProfiles()
         self.ranking = FakeRanking(self.profiles)
         self.exposure = FakeExposure()
@@ -39,7 +41,7 @@ class Suite:
             self.profiles,
             self.ranking,
             self.exposure,
-            PipelineConfig(fallback_size=20),
+            config or PipelineConfig(fallback_size=20),
             self.metrics,
         )
 
@@ -234,6 +236,72 @@ async def test_feedback_is_recorded_once_and_needs_a_served_item(served) -> None
             timeout=5,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_kept_profile_serves_while_its_version_holds_and_feedback_moves_it(
+    served,
+) -> None:
+    suite, stub = served
+    first = await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
+    assert suite.ranking.last is not None
+    excluded = list(suite.ranking.last.exclude_item_ids)
+    assert excluded == ["i0", "i12", "i9"]
+    # The second Recommend asks with the kept copy's version: unchanged, nothing re-read.
+    again = await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
+    assert suite.profiles.calls["get_user_profile"] == 2
+    assert suite.profiles.calls["profile_unchanged"] == 1
+    assert list(suite.ranking.last.exclude_item_ids) == excluded
+    assert [i.item_id for i in again.items] == [i.item_id for i in first.items]
+    # Feedback moves the profile: the next Recommend reads it again and excludes the item.
+    clicked = again.items[0].item_id
+    await stub.Feedback(
+        gateway_service_pb2.FeedbackRequest(
+            request_id=again.request_id, item_id=clicked, kind=common_pb2.INTERACTION_KIND_CLICK
+        ),
+        timeout=5,
+    )
+    after = await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
+    assert suite.profiles.calls["profile_unchanged"] == 1
+    assert clicked in suite.ranking.last.exclude_item_ids
+    assert clicked not in [i.item_id for i in after.items]
+    assert suite.ranking.last.history[0].item_id == clicked
+
+
+async def test_with_no_profile_cache_every_recommend_reads_the_profile() -> None:
+    suite = Suite(PipelineConfig(fallback_size=20, profile_cache_size=0))
+    for _ in range(3):
+        await suite.pipeline.recommend(Request(user_id="u1", k=3), Deadline(None, 5.0))
+    assert suite.profiles.calls["get_user_profile"] == 3
+    assert suite.profiles.calls["profile_unchanged"] == 0 and len(suite.pipeline.profiles) == 0
+
+
+async def test_an_unknown_user_is_not_kept_and_a_user_gone_unknown_is_dropped() -> None:
+    suite = Suite()
+    deadline = Deadline(None, 5.0)
+    await suite.pipeline.recommend(Request(user_id="nobody", k=3, interests="jazz"), deadline)
+    assert suite.pipeline.profiles.get("nobody") is None
+    await suite.pipeline.recommend(Request(user_id="u1", k=3), deadline)
+    assert suite.pipeline.profiles.get("u1") is not None
+    # The store no longer knows the user (e.g. another store behind the same gateway): the copy
+    # is dropped, never served under an empty version.
+    del suite.profiles.profiles["u1"]
+    await suite.pipeline.recommend(Request(user_id="u1", k=3), deadline)
+    assert suite.pipeline.profiles.get("u1") is None
+    assert suite.ranking.last is not None and list(suite.ranking.last.exclude_item_ids) == []
+
+
+def test_profile_cache_keeps_the_most_recently_used_users() -> None:
+    suite = Suite()
+    cache = ProfileCache(2)
+    profile = suite.profiles.profiles["u1"]
+    known = [KnownProfile.of(profile, f"v{n}") for n in range(3)]
+    cache.put("a", known[0])
+    cache.put("b", known[1])
+    assert cache.get("a") is known[0]  # a is now the most recent
+    cache.put("c", known[2])
+    assert cache.get("b") is None and cache.get("a") is known[0] and len(cache) == 2
+    assert known[0].seen == frozenset({"i0", "i9", "i12"})
+    assert known[0].seen_sorted == ("i0", "i12", "i9")
 
 
 async def test_explain_lists_what_was_served_and_why(served) -> None:

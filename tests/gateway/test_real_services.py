@@ -378,6 +378,9 @@ async def test_200_concurrent_recommends_are_each_logged_whole_before_they_answe
 
 async def test_feedback_then_recommend_does_not_serve_the_item_again(suite: Suite) -> None:
     first = await suite.gateway.Recommend(relevance(k=5, request_id="fb-1"), timeout=CALL_TIMEOUT)
+    # The gateway keeps the profile: this one is served from the kept copy (its version held).
+    kept = await suite.gateway.Recommend(relevance(k=5, request_id="fb-0"), timeout=CALL_TIMEOUT)
+    assert [i.item_id for i in kept.items] == [i.item_id for i in first.items]
     clicked = first.items[0].item_id
     recorded = await suite.gateway.Feedback(
         gateway_service_pb2.FeedbackRequest(

@@ -12,6 +12,7 @@ from services.profiles.profiles import (
     FULL_HEAD_REFRESH_SECONDS,
     BackgroundRefresh,
     HeadCache,
+    HeadSnapshot,
     category_mix,
     decode_page_token,
     derive_idempotency_key,
@@ -148,6 +149,18 @@ def test_head_snapshot_counts_cold_items_and_the_head_threshold() -> None:
         3,
         7,
     )
+
+
+def test_head_digest_follows_the_head_set_not_the_counts() -> None:
+    """Profile versions carry the head digest (tail_propensity reads the set): counts that move
+    without changing the set keep it, so feedback does not invalidate every kept profile."""
+    counts = {"a": 5, "b": 3, "c": 0, "d": 0, "e": 1, "f": 1, "g": 0}
+    first = HeadSnapshot.from_counts(counts)
+    busier = HeadSnapshot.from_counts({**counts, "a": 9, "e": 2})
+    assert busier.head == first.head and busier.head_digest == first.head_digest
+    assert busier.counts_digest != first.counts_digest
+    moved = HeadSnapshot.from_counts({**counts, "e": 4})
+    assert moved.head == {"a", "e"} and moved.head_digest != first.head_digest
 
 
 def test_category_mix_splits_multi_category_items_and_sums_to_one() -> None:

@@ -471,6 +471,85 @@ async def test_profile_read_with_served_request_id_returns_what_is_logged(served
     )
 
 
+async def settle_head_set(served: Served) -> None:
+    """CatalogStats recomputes the head set inline from the current counts: any later refresh
+    finds the same set, so profile versions do not move under the test's feet."""
+    await served.stub.GetCatalogStats(pb.GetCatalogStatsRequest())
+
+
+async def test_profile_version_moves_with_every_write_the_profile_depends_on(
+    served: Served,
+) -> None:
+    await seed(served)
+    clicks = [interaction("u1", f"item-000{n}", n, idempotency_key=f"k{n}") for n in (1, 2)]
+    await served.stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=clicks))
+    await settle_head_set(served)
+
+    async def read(version: str, limit: int = 10, **extra: Any) -> pb.GetUserProfileResponse:
+        return await served.stub.GetUserProfile(
+            pb.GetUserProfileRequest(
+                user_id="u1", history_limit=limit, if_profile_version_differs=version, **extra
+            )
+        )
+
+    first = await read("")
+    assert first.profile_version and not first.unchanged and first.profile.interaction_count == 2
+    # The same version back: nothing to re-read, and the served list still comes with it.
+    batch = [impression("req-v", p, f"item-000{p}") for p in range(3)]
+    await served.stub.RecordImpressions(pb.RecordImpressionsRequest(impressions=batch))
+    held = await read(first.profile_version, served_request_id="req-v")
+    assert held.unchanged and not held.HasField("profile")
+    assert held.profile_version == first.profile_version and list(held.served) == batch
+    # Another history limit is another profile.
+    other = await read(first.profile_version, limit=20)
+    assert not other.unchanged and other.profile == first.profile
+
+    # An interaction: a new version and the item in the profile.
+    await served.stub.RecordInteractions(
+        pb.RecordInteractionsRequest(interactions=[interaction("u1", "item-0003", 3)])
+    )
+    clicked = await read(first.profile_version)
+    assert not clicked.unchanged and "item-0003" in clicked.profile.seen_item_ids
+    await settle_head_set(served)
+    settled = await read("")
+    # A replayed interaction stores nothing and keeps the version.
+    replay = await served.stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=clicks))
+    assert replay.duplicate_count == 2
+    assert (await read(settled.profile_version)).unchanged
+
+    # New interests.
+    await served.stub.UpsertUsers(
+        pb.UpsertUsersRequest(users=[common_pb2.User(user_id="u1", interests="westerns")])
+    )
+    stated = await read(settled.profile_version)
+    assert not stated.unchanged and stated.profile.interests == "westerns"
+
+    # The categories of an item u1 touched move its mix, and its version.
+    await served.stub.UpsertItems(pb.UpsertItemsRequest(items=[item(1, categories=["western"])]))
+    moved = await read(stated.profile_version)
+    assert not moved.unchanged and "western" in moved.profile.category_mix
+    # Writes the profile does not read keep it: an item u1 never touched re-categorised, an item
+    # re-upserted as it was, another user's interests, a list served to u1.
+    await served.stub.UpsertItems(
+        pb.UpsertItemsRequest(items=[item(7, categories=["western"]), item(2)])
+    )
+    await served.stub.UpsertUsers(
+        pb.UpsertUsersRequest(users=[common_pb2.User(user_id="u2", interests="musicals")])
+    )
+    await served.stub.RecordImpressions(
+        pb.RecordImpressionsRequest(impressions=[impression("req-w", 0, "item-0005")])
+    )
+    assert (await read(moved.profile_version)).unchanged
+    # An unknown user has no version: NOT_FOUND, whatever version is named.
+    await expect_error(
+        served.stub.GetUserProfile(
+            pb.GetUserProfileRequest(user_id="ghost", if_profile_version_differs="1.10.x")
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+
+
 async def test_eight_concurrent_writers_lose_nothing(served: Served) -> None:
     await seed(served, n_items=20)
     # Two service instances on one store (replicas): half of the writers talk to each.
