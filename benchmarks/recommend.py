@@ -51,6 +51,7 @@ from longtail.exposure.v1 import exposure_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
 from longtail_client.client import LongtailClient
+from services.embeddings.tritonserver import free_ports
 from services.gateway.config import GatewaySettings
 from services.suite import datasets
 from services.suite.indexing import index_catalogue
@@ -71,6 +72,15 @@ class Row:
     latencies_ms: list[float]
     # CPU-ms per answered request of each suite process, "total" and "load gen" (benchmarks.cpu).
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    # The gateway's profile reads during the row, by source (kept, read, unknown): from its
+    # longtail_profile_reads_total counter.
+    profile_reads: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kept_share(self) -> str:
+        """Known users' Recommends served from the gateway's kept profile, as a percentage."""
+        known = self.profile_reads.get("kept", 0.0) + self.profile_reads.get("read", 0.0)
+        return f"{100 * self.profile_reads.get('kept', 0.0) / known:.0f}%" if known else ""
 
     @property
     def throughput(self) -> float:
@@ -325,6 +335,9 @@ async def prepare(client: LongtailClient, args: argparse.Namespace) -> datasets.
 
 def print_table(rows: list[Row], title: str) -> str:
     header = ["mode", "load", "sent", "ok", "errors", "fallback", "req/s", "p50 ms", "p99 ms"]
+    kept = any(row.profile_reads for row in rows)
+    if kept:
+        header.append("kept profiles")
     cells = [
         [
             row.mode,
@@ -336,6 +349,7 @@ def print_table(rows: list[Row], title: str) -> str:
             f"{row.throughput:.1f}",
             f"{row.percentile(50):.2f}",
             f"{row.percentile(99):.2f}",
+            *([row.kept_share] if kept else []),
         ]
         for row in rows
     ]
@@ -415,12 +429,37 @@ def write_outputs(
     console.print(f"wrote {out}/recommend-{catalogue}.md, .png and -cpu.png")
 
 
-async def measured(suite: LocalSuite, run: Coroutine[Any, Any, Row]) -> Row:
-    """``run``'s row with the CPU each suite process spent on it, per answered request."""
+def profile_reads(metrics_port: int | None) -> dict[str, float]:
+    """The gateway's ``longtail_profile_reads_total`` by source ({} without an endpoint)."""
+    if metrics_port is None:
+        return {}
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        sample.labels["source"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "longtail_profile_reads"
+        for sample in family.samples
+        if sample.name == "longtail_profile_reads_total"
+    }
+
+
+async def measured(
+    suite: LocalSuite, run: Coroutine[Any, Any, Row], metrics_port: int | None = None
+) -> Row:
+    """``run``'s row with the CPU each suite process spent on it, per answered request, and the
+    gateway's profile reads by source."""
     groups = suite.group_members()
+    reads = await asyncio.to_thread(profile_reads, metrics_port)
     before = CpuSnapshot.take(groups)
     row = await run
     row.cpu_ms = before.per_request_ms(CpuSnapshot.take(groups), row.ok)
+    after = await asyncio.to_thread(profile_reads, metrics_port)
+    row.profile_reads = {source: n - reads.get(source, 0.0) for source, n in after.items()}
     return row
 
 
@@ -501,9 +540,13 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> None:
-    config = SuiteConfig(
-        workdir=workdir, database_url=args.database_url, extra_env=parse_service_env(args.env)
-    )
+    extra_env = parse_service_env(args.env)
+    # The gateway's metrics endpoint: each row reports how many profiles came from its cache.
+    gateway_env = extra_env.setdefault("gateway", {})
+    if "LONGTAIL_GATEWAY_METRICS_PORT" not in gateway_env:
+        gateway_env["LONGTAIL_GATEWAY_METRICS_PORT"] = str(free_ports(1)[0])
+    metrics_port = int(gateway_env["LONGTAIL_GATEWAY_METRICS_PORT"]) or None
+    config = SuiteConfig(workdir=workdir, database_url=args.database_url, extra_env=extra_env)
     async with LocalSuite(config) as suite:
         client = LongtailClient(suite.targets, timeout_seconds=60)
         try:
@@ -526,12 +569,18 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
             for concurrency in args.concurrency:
                 rows.append(
                     await measured(
-                        suite, closed_loop(client, workload, concurrency, args.seconds, args.k)
+                        suite,
+                        closed_loop(client, workload, concurrency, args.seconds, args.k),
+                        metrics_port,
                     )
                 )
             for rate in args.rates:
                 rows.append(
-                    await measured(suite, open_loop(client, workload, rate, args.seconds, args.k))
+                    await measured(
+                        suite,
+                        open_loop(client, workload, rate, args.seconds, args.k),
+                        metrics_port,
+                    )
                 )
             hops = await per_hop(client, suite, users, args.hop_calls, args.k)
             floor_result = None

@@ -653,6 +653,13 @@ class RecommenderMetrics:
             "Impression writes that failed (the answer went out; the write must be retried).",
             registry=r,
         )
+        self.profile_reads = PromCounter(
+            "longtail_profile_reads_total",
+            "Profiles the gateway used, by source: kept (its copy's version was current), read "
+            "(profiles sent the profile), unknown (a user profiles does not know).",
+            ["source"],
+            registry=r,
+        )
         window = self.window
         Gauge(
             "longtail_exposure_gini",
@@ -693,6 +700,10 @@ class RecommenderMetrics:
         if cold:
             self.cold_served.labels(policy).inc(cold)
         self.window.add(item.item_id for item in answer.items)
+
+    def observe_profile_read(self, source: str) -> None:
+        """One profile read of a Recommend: ``kept``, ``read`` or ``unknown``."""
+        self.profile_reads.labels(source).inc()
 
     def observe_impressions(self, written: int) -> None:
         if written > 0:

@@ -461,13 +461,20 @@ class RecommendPipeline:
         if read.served:
             return read.served
         if read.unchanged and cached is not None:
+            self._observe_profile_read("kept")
             return cached
         if read.profile is None:
             self.profiles.drop(request.user_id)
+            self._observe_profile_read("unknown")
             return None
         known = KnownProfile.of(read.profile, read.version)
         self.profiles.put(request.user_id, known)
+        self._observe_profile_read("read")
         return known
+
+    def _observe_profile_read(self, source: str) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_profile_read(source)
 
     async def _choose(
         self,

@@ -250,6 +250,8 @@ async def test_a_kept_profile_serves_while_its_version_holds_and_feedback_moves_
     again = await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
     assert suite.profiles.calls["get_user_profile"] == 2
     assert suite.profiles.calls["profile_unchanged"] == 1
+    assert suite.count("longtail_profile_reads_total", source="kept") == 1
+    assert suite.count("longtail_profile_reads_total", source="read") == 1
     assert list(suite.ranking.last.exclude_item_ids) == excluded
     assert [i.item_id for i in again.items] == [i.item_id for i in first.items]
     # Feedback moves the profile: the next Recommend reads it again and excludes the item.
@@ -262,6 +264,7 @@ async def test_a_kept_profile_serves_while_its_version_holds_and_feedback_moves_
     )
     after = await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
     assert suite.profiles.calls["profile_unchanged"] == 1
+    assert suite.count("longtail_profile_reads_total", source="read") == 2
     assert clicked in suite.ranking.last.exclude_item_ids
     assert clicked not in [i.item_id for i in after.items]
     assert suite.ranking.last.history[0].item_id == clicked
@@ -280,6 +283,7 @@ async def test_an_unknown_user_is_not_kept_and_a_user_gone_unknown_is_dropped() 
     deadline = Deadline(None, 5.0)
     await suite.pipeline.recommend(Request(user_id="nobody", k=3, interests="jazz"), deadline)
     assert suite.pipeline.profiles.get("nobody") is None
+    assert suite.count("longtail_profile_reads_total", source="unknown") == 1
     await suite.pipeline.recommend(Request(user_id="u1", k=3), deadline)
     assert suite.pipeline.profiles.get("u1") is not None
     # The store no longer knows the user (e.g. another store behind the same gateway): the copy
