@@ -215,18 +215,30 @@ async def per_hop(
         rows.append(await measured(suite, in_a_row()))
         return answers
 
-    profiles = [
-        answer.profile
-        for answer in await hop(
-            "profiles.GetUserProfile",
-            lambda n: client.profiles.GetUserProfile(
-                profiles_service_pb2.GetUserProfileRequest(
-                    user_id=chosen[n], history_limit=GatewaySettings.history_limit
-                ),
-                timeout=5,
+    read = await hop(
+        "profiles.GetUserProfile",
+        lambda n: client.profiles.GetUserProfile(
+            profiles_service_pb2.GetUserProfileRequest(
+                user_id=chosen[n], history_limit=GatewaySettings.history_limit
             ),
-        )
-    ]
+            timeout=5,
+        ),
+    )
+    profiles = [answer.profile for answer in read]
+    # The gateway's call for a user whose kept profile is current: the replay check (a new
+    # request_id, as the client sends) and the version, answered "unchanged".
+    await hop(
+        "profiles.GetUserProfile, version current",
+        lambda n: client.profiles.GetUserProfile(
+            profiles_service_pb2.GetUserProfileRequest(
+                user_id=chosen[n],
+                history_limit=GatewaySettings.history_limit,
+                served_request_id=f"bench-check-{n}",
+                if_profile_version_differs=read[n].profile_version,
+            ),
+            timeout=5,
+        ),
+    )
     ranked = await hop(
         "ranking.RankCandidates",
         lambda n: client.ranking.RankCandidates(
