@@ -241,9 +241,9 @@ class Floor:
         self._closers = list(closers)
         self._blas_limits = blas_limits
         self._titles: OrderedDict[str, tuple[str, tuple[str, ...]]] = OrderedDict()
-        # The gateway's profile cache: by user, (version, profile, excluded items), re-read when
-        # profiles says the version moved.
-        self._kept: OrderedDict[str, tuple[str, UserProfile, frozenset[str]]] = OrderedDict()
+        # The gateway's profile cache: by user, (version, profile), re-read when profiles says
+        # the version moved.
+        self._kept: OrderedDict[str, tuple[str, UserProfile]] = OrderedDict()
         self._stale_refreshed_at = time.monotonic()
         self.clock = StageClock()
 
@@ -360,12 +360,12 @@ class Floor:
         gateway = self._gateway
         request_id = uuid.uuid4().hex
         with clock.stage("profile read"):
-            kept = await self._profile(user_id, gateway.history_limit)
+            profile = await self._profile(user_id, gateway.history_limit)
         with clock.stage("other"):
-            profile = kept[1] if kept is not None else None
             history = profile.history if profile is not None else []
             stored_interests = profile.interests if profile is not None else ""
-            exclude = kept[2] if kept is not None else frozenset()
+            seen = set(profile.seen_item_ids) if profile is not None else set()
+            exclude = seen | {entry.item_id for entry in history}
             ranking_request = RankRequest(
                 user_id=user_id,
                 history=[
@@ -432,9 +432,7 @@ class Floor:
             self._stale_refreshed_at = time.monotonic()
         return len(impressions)
 
-    async def _profile(
-        self, user_id: str, history_limit: int
-    ) -> tuple[str, UserProfile, frozenset[str]] | None:
+    async def _profile(self, user_id: str, history_limit: int) -> UserProfile | None:
         """The profile as the gateway's pipeline has it: the kept copy while its version holds."""
         kept = self._kept.get(user_id)
         try:
@@ -446,18 +444,15 @@ class Floor:
             return None  # a new user: no history, nothing to exclude
         if read.unchanged and kept is not None:
             self._kept.move_to_end(user_id)
-            return kept
+            return kept[1]
         if read.profile is None:
             return None
-        profile = read.profile
-        seen = frozenset(profile.seen_item_ids).union(entry.item_id for entry in profile.history)
-        kept = (read.version, profile, seen)
         if self._gateway.profile_cache_size > 0:
-            self._kept[user_id] = kept
+            self._kept[user_id] = (read.version, read.profile)
             self._kept.move_to_end(user_id)
             while len(self._kept) > self._gateway.profile_cache_size:
                 self._kept.popitem(last=False)
-        return kept
+        return read.profile
 
     async def _item_info(self, item_ids: Sequence[str]) -> None:
         """Titles and categories of the served items, through the gateway's bounded LRU."""

@@ -19,7 +19,7 @@ from services.gateway.pipeline import (
     Deadline,
     FallbackList,
     ItemInfoCache,
-    KnownProfile,
+    KeptProfile,
     PipelineConfig,
     ProfileCache,
     RecommendPipeline,
@@ -295,17 +295,17 @@ async def test_an_unknown_user_is_not_kept_and_a_user_gone_unknown_is_dropped() 
 
 
 def test_profile_cache_keeps_the_most_recently_used_users() -> None:
-    suite = Suite()
+    profile = FakeProfiles().profiles["u1"]
+    kept = [KeptProfile(f"v{n}", profile.SerializeToString()) for n in range(3)]
     cache = ProfileCache(2)
-    profile = suite.profiles.profiles["u1"]
-    known = [KnownProfile.of(profile, f"v{n}") for n in range(3)]
-    cache.put("a", known[0])
-    cache.put("b", known[1])
-    assert cache.get("a") is known[0]  # a is now the most recent
-    cache.put("c", known[2])
-    assert cache.get("b") is None and cache.get("a") is known[0] and len(cache) == 2
-    assert known[0].seen == frozenset({"i0", "i9", "i12"})
-    assert known[0].seen_sorted == ("i0", "i12", "i9")
+    cache.put("a", kept[0])
+    cache.put("b", kept[1])
+    assert cache.get("a") is kept[0]  # a is now the most recent
+    cache.put("c", kept[2])
+    assert cache.get("b") is None and cache.get("a") is kept[0] and len(cache) == 2
+    assert kept[0].profile() == profile
+    cache.drop("a")
+    assert cache.get("a") is None and len(cache) == 1
 
 
 async def test_explain_lists_what_was_served_and_why(served) -> None:
