@@ -691,10 +691,14 @@ class RecommenderMetrics:
         for cause in dict.fromkeys(answer.degraded_causes):
             self.degraded.labels(cause).inc()
         tail = cold = 0
+        reasons: Counter[int] = Counter()
         for item in answer.items:
-            self.items_served.labels(policy, reason_name(item.reason)).inc()
+            reasons[item.reason] += 1
             tail += bool(item.is_tail)
             cold += bool(item.is_cold)
+        # One labelled child per distinct reason, not per item (a list has one to three).
+        for reason, count in reasons.items():
+            self.items_served.labels(policy, reason_name(reason)).inc(count)
         if tail:
             self.tail_served.labels(policy).inc(tail)
         if cold:
