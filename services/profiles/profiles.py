@@ -816,8 +816,11 @@ class Profiles:
                     )
                 duplicates += 1
                 continue
-            prepared[record.position] = dataclasses.replace(
-                record, served_at=record.served_at or now
+            # The gateway stamps served_at: a copy only when it is missing (records are frozen).
+            prepared[record.position] = (
+                record
+                if record.served_at is not None
+                else dataclasses.replace(record, served_at=now)
             )
         records = sorted(prepared.values(), key=lambda record: record.position)
         if not records:
