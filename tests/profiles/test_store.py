@@ -80,6 +80,45 @@ def test_migration_0004_stamps_the_counters_that_already_moved(tmp_path: Path) -
         engine.dispose()
 
 
+async def test_migration_0005_gives_existing_users_a_version_that_moves(tmp_path: Path) -> None:
+    """A store from before profile versions: its users start at version 0, their profiles read
+    as before, and their next interaction moves the version."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0004")
+    engine = create_store_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO users (user_id, interests, attributes, created_at)"
+                    " VALUES ('old-user', 'films', '{}', '2024-01-01 00:00:00')"
+                )
+            )
+        migrate(url)
+        with engine.connect() as connection:
+            stored = connection.execute(
+                sa.text("SELECT profile_version FROM users WHERE user_id = 'old-user'")
+            ).scalar()
+        assert stored == 0
+    finally:
+        engine.dispose()
+    service = await serve(url)
+    try:
+        await service.stub.UpsertItems(pb.UpsertItemsRequest(items=[item(1)]))
+        read = pb.GetUserProfileRequest(user_id="old-user")
+        before = await service.stub.GetUserProfile(read)
+        assert before.profile.interests == "films" and before.profile_version.startswith("0.")
+        await service.stub.RecordInteractions(
+            pb.RecordInteractionsRequest(interactions=[interaction("old-user", "item-0001", 1)])
+        )
+        read.if_profile_version_differs = before.profile_version
+        after = await service.stub.GetUserProfile(read)
+        assert not after.unchanged and list(after.profile.seen_item_ids) == ["item-0001"]
+    finally:
+        await service.channel.close()
+        await service.running.stop(grace=0)
+
+
 def test_sqlite_store_is_wal_with_foreign_keys(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'deep' / 'dir' / 'x.db'}"
     migrate(url)  # creates the parent folders
