@@ -587,17 +587,6 @@ class Profiles:
 
         return await self._db.run(write, write=True)
 
-    async def get_user_profile(self, user_id: str, history_limit: int) -> UserProfile:
-        limit = _check_profile_request(user_id, history_limit)
-
-        def read(session: Session) -> UserProfile:
-            found = self._read_profile(session, user_id, limit)
-            if found is None or found.profile is None:
-                raise NotFound("USER_NOT_FOUND", f"unknown user {user_id!r}", user_id=user_id)
-            return found.profile
-
-        return await self._db.run(read)
-
     async def read_profile(
         self,
         user_id: str,
