@@ -156,11 +156,15 @@ def migrate(database_url: str, revision: str = "head") -> None:
     engine = create_store_engine(database_url, pool_size=1)
     try:
         with _ALEMBIC_LOCK, engine.connect() as connection:
-            # A write transaction: two processes migrating one SQLite file queue up.
+            # One write transaction around the whole upgrade: the version read and every step hold
+            # one lock, so a replica migrating the same store waits and then finds it at head.
+            # Left to itself, alembic commits each SQLite step on its own (SQLite is not
+            # "transactional DDL" to it), and a replica could read the version between two steps
+            # and run the next step a second time.
             connection.execution_options(**{_WRITE_OPTION: True})
-            config = alembic_config(database_url)
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-            connection.commit()
+            with connection.begin():
+                config = alembic_config(database_url)
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
     finally:
         engine.dispose()

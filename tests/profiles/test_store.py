@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -216,6 +218,55 @@ async def test_python_m_services_profiles_migrates_serves_and_stops(tmp_path: Pa
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_a_store_mid_upgrade_looks_untouched_to_every_other_connection(tmp_path: Path) -> None:
+    """The whole upgrade is one write transaction, so a replica can never run a step twice.
+
+    At each applied step (inside the upgrade) a second connection looks at the file: it must find
+    no version yet and be unable to start a write. If the steps committed one by one, it would see
+    the earlier steps' version and could take the lock between two steps, which is how a replica
+    starting at the same moment ran a step a second time ("index ... already exists").
+    """
+    path = tmp_path / "mid.db"
+    seen: list[tuple[str, list[str], bool]] = []
+
+    class Observer(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            try:
+                try:
+                    versions = [row[0] for row in other.execute("SELECT * FROM alembic_version")]
+                except sqlite3.OperationalError:  # no table yet: nothing committed
+                    versions = []
+                try:
+                    other.execute("BEGIN IMMEDIATE")
+                    other.execute("ROLLBACK")
+                    could_write = True
+                except sqlite3.OperationalError:
+                    could_write = False
+                seen.append((record.getMessage(), versions, could_write))
+            finally:
+                other.close()
+
+    logger = logging.getLogger("longtail.profiles.migrations")
+    observer = Observer(level=logging.INFO)
+    level = logger.level
+    logger.addHandler(observer)
+    logger.setLevel(logging.INFO)
+    try:
+        migrate(f"sqlite:///{path}")
+    finally:
+        logger.removeHandler(observer)
+        logger.setLevel(level)
+    head = ScriptDirectory.from_config(alembic_config(f"sqlite:///{path}")).get_current_head()
+    assert len(seen) >= 2 and seen[-1][0] == f"migration applied: {head}"
+    assert all(versions == [] and not could_write for _, versions, could_write in seen), seen
+    other = sqlite3.connect(path)
+    try:  # and once it returns, all of it is there
+        assert [row[0] for row in other.execute("SELECT * FROM alembic_version")] == [head]
+    finally:
+        other.close()
 
 
 async def test_concurrent_migrations_of_one_store_all_succeed(tmp_path: Path) -> None:

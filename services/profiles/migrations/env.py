@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Collection, Mapping
+from typing import Any
+
 from alembic import context
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import Connection
 
 from services.profiles.models import Base
 from services.profiles.store import create_store_engine
 
 target_metadata = Base.metadata
+log = logging.getLogger("longtail.profiles.migrations")
 _MIGRATION_LOCK = 0x10_6717A11  # any constant key, the same in every process
 
 
@@ -19,12 +25,20 @@ def _run(connection: Connection) -> None:
         # SQLite alters tables by copying them; batch mode does that for later migrations.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        on_version_apply=_log_step,
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
             # Replicas starting together migrate one at a time (released at commit).
             connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         context.run_migrations()
+
+
+def _log_step(
+    ctx: MigrationContext, step: MigrationInfo, heads: Collection[Any], run_args: Mapping[str, Any]
+) -> None:
+    # Called inside the step's transaction, before the upgrade commits.
+    log.info("migration applied: %s", step.up_revision_id)
 
 
 def run_migrations_online() -> None:
