@@ -43,7 +43,7 @@ from longtail.embeddings.v1 import embeddings_service_pb2, embeddings_service_pb
 from longtail.profiles.v1 import profiles_service_pb2_grpc
 from services.common.artifacts import open_store
 from services.common.channels import open_channel
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.common.settings import ClientSettings, load_settings
 from services.exposure.config import ExposureSettings
 from services.exposure.policies import CandidateIn, ItemCounts
@@ -356,11 +356,29 @@ class Floor:
     async def recommend(self, user_id: str, interests: str, k: int) -> int:
         """One Recommend as the gateway serves it (request_id of its own, no policy named, seen
         items excluded); returns how many items were served and logged."""
+        kept = self._kept.get(user_id)
+        if kept is not None and (not interests or interests == kept[1].interests):
+            # As the gateway: choose from the kept copy, log on condition that it still holds.
+            self._kept.move_to_end(user_id)
+            try:
+                return await self._serve(user_id, interests, k, kept[1], kept[0])
+            except FailedPrecondition:
+                self._kept.pop(user_id, None)
+        with self.clock.stage("profile read"):
+            profile = await self._profile(user_id, self._gateway.history_limit)
+        return await self._serve(user_id, interests, k, profile)
+
+    async def _serve(
+        self,
+        user_id: str,
+        interests: str,
+        k: int,
+        profile: UserProfile | None,
+        kept_version: str = "",
+    ) -> int:
         clock = self.clock
         gateway = self._gateway
         request_id = uuid.uuid4().hex
-        with clock.stage("profile read"):
-            profile = await self._profile(user_id, gateway.history_limit)
         with clock.stage("other"):
             history = profile.history if profile is not None else []
             stored_interests = profile.interests if profile is not None else ""
@@ -423,7 +441,7 @@ class Floor:
             ]
         if impressions:
             with clock.stage("impression write"):
-                await self._profiles.record_impressions(impressions)
+                await self._profiles.record_impressions(impressions, kept_version)
         with clock.stage("item info"):
             await self._item_info([record.item_id for record in impressions])
         if time.monotonic() - self._stale_refreshed_at >= DEFAULT_REFRESH_DELAY_SECONDS:
@@ -433,7 +451,7 @@ class Floor:
         return len(impressions)
 
     async def _profile(self, user_id: str, history_limit: int) -> UserProfile | None:
-        """The profile as the gateway's pipeline has it: the kept copy while its version holds."""
+        """The profile as the gateway's checked way reads it (with the kept copy's version)."""
         kept = self._kept.get(user_id)
         try:
             read = await self._profiles.read_profile(

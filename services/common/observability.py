@@ -655,8 +655,9 @@ class RecommenderMetrics:
         )
         self.profile_reads = PromCounter(
             "longtail_profile_reads_total",
-            "Profiles the gateway used, by source: kept (its copy's version was current), read "
-            "(profiles sent the profile), unknown (a user profiles does not know).",
+            "Profiles the gateway used, by source: kept (its copy's version was current when the "
+            "list was logged), read (profiles sent the profile), unknown (a user profiles does "
+            "not know), stale (a kept copy's list refused because the version moved; then read).",
             ["source"],
             registry=r,
         )
@@ -706,7 +707,7 @@ class RecommenderMetrics:
         self.window.add(item.item_id for item in answer.items)
 
     def observe_profile_read(self, source: str) -> None:
-        """One profile read of a Recommend: ``kept``, ``read`` or ``unknown``."""
+        """One profile a Recommend used: ``kept``, ``read``, ``unknown`` or ``stale``."""
         self.profile_reads.labels(source).inc()
 
     def observe_impressions(self, written: int) -> None:

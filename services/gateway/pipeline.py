@@ -9,6 +9,15 @@ because the request_id already holds another list (a concurrent request under th
 it first), the call fails with ALREADY_EXISTS (REQUEST_ID_CONFLICT): only a list that is in the
 log is ever answered.
 
+A user's profile is kept (``ProfileCache``) under the version profiles gave it. A Recommend for a
+kept user does not ask profiles first: it chooses from the kept copy and logs the list on
+condition that the version still holds (RecordImpressions' ``if_profile_version``, checked in the
+write's transaction). When it moved (an interaction, new interests, a new head set), or the
+request_id already holds a list, nothing was written and the request goes the checked way: one
+call that reads the profile and looks the request_id up in the log, then choose, then log. So a
+kept copy never serves past an interaction recorded before the list is logged, and a retried
+request_id is answered from the log.
+
 An answer of lower quality than normal is marked ``degraded`` with its causes: every fallback
 answer (FALLBACK, besides ``fallback``), and a ranked answer whose candidates ranking reported as
 degraded (its ``degraded_causes``, e.g. INTERESTS_NOT_EMBEDDED when embeddings or Triton failed).
@@ -35,6 +44,7 @@ from longtail.ranking.v1 import ranking_service_pb2
 from services.common.errors import (
     AlreadyExists,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ServiceError,
@@ -58,6 +68,8 @@ PROFILE_TIMEOUT = 1.0
 RANKING_TIMEOUT = 1.0
 EXPOSURE_TIMEOUT = 0.5
 WRITE_TIMEOUT = 2.0
+# Client request_ids remembered to send retries the checked way (about 10 MB at 50k).
+RECENT_REQUEST_IDS = 50_000
 
 
 class Deadline:
@@ -160,10 +172,10 @@ class KeptProfile:
 
 class ProfileCache:
     """The profiles of recent users, each under the version profiles gave it. Profiles moves a
-    user's version in the transaction of every write the profile depends on, and the pipeline
-    asks with the copy's version on every Recommend (the call that also does the replay check),
-    so a copy is used only while it is exactly what a full read would return: Feedback then
-    Recommend re-reads. Bounded, least recently used out."""
+    user's version in the transaction of every write the profile depends on, and a list chosen
+    from a copy is logged only while the copy's version holds, so a copy serves only while it is
+    exactly what a full read would return: Feedback then Recommend chooses again from a read.
+    Bounded, least recently used out."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
@@ -188,6 +200,26 @@ class ProfileCache:
 
     def drop(self, user_id: str) -> None:
         self._profiles.pop(user_id, None)
+
+
+class RecentIds:
+    """The last ``capacity`` ids seen, oldest out."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def seen(self, id_: str) -> bool:
+        """Whether ``id_`` ("" never is) was seen before; it is remembered from now on."""
+        if not id_:
+            return False
+        if id_ in self._ids:
+            self._ids.move_to_end(id_)
+            return True
+        self._ids[id_] = None
+        if len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
+        return False
 
 
 class FallbackList:
@@ -290,6 +322,11 @@ def _validate(request: gateway_service_pb2.RecommendRequest) -> None:
     _check_length(request.request_id, "request_id")
 
 
+class _KeptCopyRefused(Exception):
+    """A list chosen from a kept profile was not logged (the version moved, or the request_id
+    already holds a list): nothing was written; the request goes the checked way."""
+
+
 @dataclass(frozen=True)
 class Choice:
     items: list[common_pb2.RankedItem]
@@ -319,6 +356,7 @@ class RecommendPipeline:
         self._config = config
         self.items = ItemInfoCache(profiles, config.title_cache_size)
         self.profiles = ProfileCache(config.profile_cache_size)
+        self._recent_request_ids = RecentIds(RECENT_REQUEST_IDS)
         self.fallback = FallbackList(profiles, config.fallback_size)
         # The fallback version whose item ids are all in the item info cache (or it is full).
         self._filled_version = ""
@@ -339,9 +377,33 @@ class RecommendPipeline:
         self, request: gateway_service_pb2.RecommendRequest, deadline: Deadline
     ) -> gateway_service_pb2.RecommendResponse:
         _validate(request)
-        profile = await self._read_profile(request, deadline)
-        if isinstance(profile, list):
-            return await self._replay(request, profile, deadline)
+        kept = self.profiles.get(request.user_id)
+        # A request_id this gateway saw before is a retry (or a race): the checked way answers it
+        # from the log without choosing again. (A retry that reaches another replica is caught by
+        # the conditional write all the same, at the cost of a list chosen for nothing.)
+        retry = self._recent_request_ids.seen(request.request_id)
+        if kept is not None and not retry:
+            profile = kept.profile()
+            # New interests are stored first (that moves the version): the checked way does it.
+            if not request.interests or request.interests == profile.interests:
+                try:
+                    return await self._serve(request, profile, deadline, kept.version)
+                except _KeptCopyRefused:
+                    pass
+        read = await self._read_profile(request, deadline)
+        if isinstance(read, list):
+            return await self._replay(request, read, deadline)
+        return await self._serve(request, read, deadline)
+
+    async def _serve(
+        self,
+        request: gateway_service_pb2.RecommendRequest,
+        profile: profiles_service_pb2.UserProfile | None,
+        deadline: Deadline,
+        kept_version: str = "",
+    ) -> gateway_service_pb2.RecommendResponse:
+        """Choose a list for ``profile`` and log it; with ``kept_version`` (the profile is a kept
+        copy nobody checked yet) only while that version holds, else _KeptCopyRefused."""
         request_id = request.request_id or uuid.uuid4().hex
 
         history: Sequence[common_pb2.HistoryEntry] = profile.history if profile is not None else ()
@@ -386,15 +448,31 @@ class RecommendPipeline:
         try:
             if impressions:
                 try:
-                    await self._profiles.record_impressions(impressions, write_timeout)
+                    recorded = await self._profiles.record_impressions(
+                        impressions, write_timeout, if_profile_version=kept_version
+                    )
                 except AlreadyExists:
                     # The request_id holds another list (REQUEST_ID_CONFLICT): nothing was lost,
                     # and this list must not be answered, since it is not the one in the log.
+                    if kept_version:
+                        raise _KeptCopyRefused() from None  # a retry: the checked way replays
                     raise
+                except FailedPrecondition as error:
+                    if not kept_version or error.reason != "PROFILE_VERSION_MOVED":
+                        raise
+                    self.profiles.drop(request.user_id)
+                    self._observe_profile_read("stale")
+                    raise _KeptCopyRefused() from None
                 except ServiceError:
                     if self._metrics is not None:
                         self._metrics.observe_impression_failure()
                     raise
+                if kept_version:
+                    if recorded == 0:
+                        # The request_id already holds this very list (a retry): answer it as
+                        # the log has it, as every retry is.
+                        raise _KeptCopyRefused()
+                    self._observe_profile_read("kept")
                 if self._metrics is not None:
                     self._metrics.observe_impressions(len(impressions))
             info = await info_task
@@ -437,7 +515,8 @@ class RecommendPipeline:
     ) -> profiles_service_pb2.UserProfile | list[common_pb2.Impression] | None:
         """The user's profile (None: unknown user), from the cache while its version holds; or,
         when the request_id was served already, the list in the log. The replay check and the
-        profile read are one call (one round trip, one transaction)."""
+        profile read are one call (one round trip, one transaction). The checked way: used when
+        no copy is kept, or a kept copy's list was refused, or the request brings new interests."""
         cached = self.profiles.get(request.user_id)
         read = await self._profiles.read_profile(
             request.user_id,

@@ -58,8 +58,15 @@ class ProfilesPort(Protocol):
     async def upsert_user(self, user_id: str, interests: str, timeout: float) -> None: ...
 
     async def record_impressions(
-        self, impressions: Sequence[common_pb2.Impression], timeout: float
-    ) -> int: ...
+        self,
+        impressions: Sequence[common_pb2.Impression],
+        timeout: float,
+        if_profile_version: str = "",
+    ) -> int:
+        """How many entries were stored (0: the request_id holds this very list already).
+        With ``if_profile_version``, FailedPrecondition PROFILE_VERSION_MOVED when the user's
+        profile is no longer at that version (nothing written)."""
+        ...
 
     async def list_impressions(
         self, request_id: str, timeout: float
@@ -148,9 +155,14 @@ class GrpcProfiles:
         await _call(self._stub.UpsertUsers, request, timeout, "profiles")
 
     async def record_impressions(
-        self, impressions: Sequence[common_pb2.Impression], timeout: float
+        self,
+        impressions: Sequence[common_pb2.Impression],
+        timeout: float,
+        if_profile_version: str = "",
     ) -> int:
-        request = profiles_service_pb2.RecordImpressionsRequest(impressions=impressions)
+        request = profiles_service_pb2.RecordImpressionsRequest(
+            impressions=impressions, if_profile_version=if_profile_version
+        )
         response = await _call(self._stub.RecordImpressions, request, timeout, "profiles")
         return response.recorded_count
 

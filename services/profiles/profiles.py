@@ -36,7 +36,7 @@ from typing import Generic, TypeVar
 import numpy as np
 from sqlalchemy.orm import Session
 
-from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.common.tail import head_items
 from services.profiles.records import (
     INTERACTION_KINDS,
@@ -197,6 +197,22 @@ def _check_profile_request(user_id: str, history_limit: int) -> int:
             "INVALID_HISTORY_LIMIT", f"history_limit must be in 0..{maximum} (0 = {default})"
         )
     return history_limit or default
+
+
+def profile_version(counter: int, history_limit: int, head_digest: str) -> str:
+    """A profile's version: the user's write counter, the history limit the profile was read
+    with, and the head set that tail_propensity was computed against."""
+    return f"{counter}.{history_limit}.{head_digest}"
+
+
+def _kept_history_limit(version: str) -> int:
+    """The history limit inside a version a caller kept (INVALID_ARGUMENT when malformed)."""
+    parts = version.split(".")
+    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+        raise InvalidArgument(
+            "INVALID_PROFILE_VERSION", "if_profile_version is not a version GetUserProfile gave"
+        )
+    return int(parts[1])
 
 
 # ------------------------------------------------------------------------- head/tail cache
@@ -625,7 +641,7 @@ class Profiles:
             return None
         interests, stored_version = state
         snapshot = self._head_snapshot(session)
-        version = f"{stored_version}.{limit}.{snapshot.head_digest}"
+        version = profile_version(stored_version, limit, snapshot.head_digest)
         if if_version_differs == version:
             return ProfileRead(None, version, unchanged=True)
         history = self._repo.recent_history(session, user_id, limit)
@@ -747,7 +763,9 @@ class Profiles:
 
     # ---------------------------------------------------------------- impressions
 
-    async def record_impressions(self, impressions: Sequence[ImpressionRecord]) -> WriteResult:
+    async def record_impressions(
+        self, impressions: Sequence[ImpressionRecord], if_profile_version: str = ""
+    ) -> WriteResult:
         """Store one served list: the batch is the whole list of one request_id for one user.
 
         A request_id is claimed atomically, once: when it already holds a list, the batch is a
@@ -756,8 +774,14 @@ class Profiles:
         ALREADY_EXISTS / REQUEST_ID_CONFLICT. Items must exist (NOT_FOUND / UNKNOWN_ITEM); a user
         without a row gets a bare one (the gateway serves brand-new users). All of it in one
         transaction: refused means nothing written.
+
+        With ``if_profile_version`` (the version the list was chosen from, by a caller that kept
+        the profile), a list that is not a replay is stored only while that is still the user's
+        version, else FAILED_PRECONDITION / PROFILE_VERSION_MOVED: the version is read in the
+        write's transaction, so an interaction committed before it always refuses the list.
         """
         check_batch(impressions, "impressions")
+        kept_limit = _kept_history_limit(if_profile_version) if if_profile_version else 0
         now = self._now()
         prepared: dict[int, ImpressionRecord] = {}
         duplicates = 0
@@ -825,6 +849,20 @@ class Profiles:
                 if sorted(state.stored, key=lambda entry: entry.position) == served:
                     return 0  # a replay of the stored list
                 raise _request_id_conflict(request_id)
+            if if_profile_version and (
+                state.profile_version is None
+                or if_profile_version
+                != profile_version(
+                    state.profile_version,
+                    kept_limit,
+                    self._head_snapshot(session).head_digest,
+                )
+            ):
+                raise FailedPrecondition(
+                    "PROFILE_VERSION_MOVED",
+                    f"the profile of {user_id!r} changed since the list was chosen",
+                    user_id=user_id,
+                )
             if not state.user_exists:
                 self._repo.insert_missing_users(session, [user_id], now)
             stored = self._repo.insert_impressions(session, records)

@@ -104,7 +104,12 @@ class RequestState:
     """What RecordImpressions reads before it claims a request_id."""
 
     stored: list[ServedEntry]
-    user_exists: bool
+    # The user's profile_version counter; None when the user has no row yet.
+    profile_version: int | None
+
+    @property
+    def user_exists(self) -> bool:
+        return self.profile_version is not None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,6 +142,7 @@ _REQUEST_STATE = sa.union_all(
         impressions_t.c.reason,
         impressions_t.c.policy_name,
         impressions_t.c.policy_version,
+        _null(sa.BigInteger(), "profile_version"),
     ).where(impressions_t.c.request_id == sa.bindparam("request_id")),
     sa.select(
         _tag(1),
@@ -151,6 +152,7 @@ _REQUEST_STATE = sa.union_all(
         _null(sa.String(), "reason"),
         _null(sa.String(), "policy_name"),
         _null(sa.String(), "policy_version"),
+        users_t.c.profile_version,
     ).where(users_t.c.user_id == sa.bindparam("user_id")),
 )
 # PostgreSQL: a transaction-level advisory lock per request_id (see Repository.lock_request). The
@@ -622,18 +624,26 @@ class Repository:
             )
 
     def request_state(self, session: Session, request_id: str, user_id: str) -> RequestState:
-        """What is stored under ``request_id`` and whether the user has a row: one statement."""
+        """What is stored under ``request_id``, and the user's profile version (None: no row):
+        one statement."""
         params = {"request_id": request_id, "user_id": user_id}
         stored: list[ServedEntry] = []
-        user_exists = False
-        for tag, position, user, item_id, reason, name, version in session.connection().execute(
-            _REQUEST_STATE, params
-        ):
+        profile_version: int | None = None
+        for (
+            tag,
+            position,
+            user,
+            item_id,
+            reason,
+            name,
+            version,
+            profile,
+        ) in session.connection().execute(_REQUEST_STATE, params):
             if tag == 0:
                 stored.append(ServedEntry(int(position), user, item_id, reason, name, version))
             else:
-                user_exists = True
-        return RequestState(stored, user_exists)
+                profile_version = int(profile)
+        return RequestState(stored, profile_version)
 
     def list_impressions(self, session: Session, request_id: str) -> list[ImpressionRecord]:
         rows = session.connection().execute(_REQUEST_IMPRESSIONS, {"request_id": request_id})

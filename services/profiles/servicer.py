@@ -290,7 +290,8 @@ class ProfilesServicer(profiles_service_pb2_grpc.ProfilesServiceServicer):
         self, request: pb.RecordImpressionsRequest, context: ServicerContext
     ) -> pb.RecordImpressionsResponse:
         result = await self._profiles.record_impressions(
-            [_impression_in(impression) for impression in request.impressions]
+            [_impression_in(impression) for impression in request.impressions],
+            if_profile_version=request.if_profile_version,
         )
         return pb.RecordImpressionsResponse(
             recorded_count=result.recorded, duplicate_count=result.duplicates

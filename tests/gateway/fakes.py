@@ -10,7 +10,13 @@ from longtail.common.v1 import common_pb2
 from longtail.exposure.v1 import exposure_service_pb2
 from longtail.profiles.v1 import profiles_service_pb2
 from longtail.ranking.v1 import ranking_service_pb2
-from services.common.errors import AlreadyExists, InvalidArgument, ServiceError, Unavailable
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+)
 from services.gateway.ports import ProfileRead, StatsPage
 
 
@@ -94,7 +100,10 @@ class FakeProfiles:
         self.users[user_id] = interests
 
     async def record_impressions(
-        self, impressions: Sequence[common_pb2.Impression], timeout: float
+        self,
+        impressions: Sequence[common_pb2.Impression],
+        timeout: float,
+        if_profile_version: str = "",
     ) -> int:
         self._check("record_impressions")
         self.impression_writes += 1
@@ -119,6 +128,13 @@ class FakeProfiles:
                     "REQUEST_ID_CONFLICT",
                     "request_id already holds another list",
                     request_id=request_id,
+                )
+            # Like the store: a list chosen from a kept copy is refused once the version moved.
+            user_id = impressions[0].user_id
+            if not held and if_profile_version not in ("", self.profile_version(user_id)):
+                self.calls["profile_version_moved"] += 1
+                raise FailedPrecondition(
+                    "PROFILE_VERSION_MOVED", "the profile changed", user_id=user_id
                 )
         new = 0
         for impression in impressions:

@@ -246,15 +246,18 @@ async def test_a_kept_profile_serves_while_its_version_holds_and_feedback_moves_
     assert suite.ranking.last is not None
     excluded = list(suite.ranking.last.exclude_item_ids)
     assert excluded == ["i0", "i12", "i9"]
-    # The second Recommend asks with the kept copy's version: unchanged, nothing re-read.
+    # The second Recommend chooses from the kept copy without asking profiles: its list is
+    # logged on condition that the copy's version still holds, and it does.
     again = await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
-    assert suite.profiles.calls["get_user_profile"] == 2
-    assert suite.profiles.calls["profile_unchanged"] == 1
+    assert suite.profiles.calls["get_user_profile"] == 1
+    assert suite.profiles.calls["profile_version_moved"] == 0
     assert suite.count("longtail_profile_reads_total", source="kept") == 1
     assert suite.count("longtail_profile_reads_total", source="read") == 1
     assert list(suite.ranking.last.exclude_item_ids) == excluded
     assert [i.item_id for i in again.items] == [i.item_id for i in first.items]
-    # Feedback moves the profile: the next Recommend reads it again and excludes the item.
+    assert len(await suite.profiles.list_impressions(again.request_id, 1.0)) == 3
+    # Feedback moves the profile: the list chosen from the copy is refused (nothing written),
+    # and the Recommend chooses again from a read that has the click, and excludes the item.
     clicked = again.items[0].item_id
     await stub.Feedback(
         gateway_service_pb2.FeedbackRequest(
@@ -262,12 +265,53 @@ async def test_a_kept_profile_serves_while_its_version_holds_and_feedback_moves_
         ),
         timeout=5,
     )
+    writes = suite.profiles.impression_writes
     after = await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
-    assert suite.profiles.calls["profile_unchanged"] == 1
+    assert suite.profiles.calls["profile_version_moved"] == 1
+    assert suite.profiles.impression_writes == writes + 2  # the refused one, then the list
+    assert suite.count("longtail_profile_reads_total", source="stale") == 1
     assert suite.count("longtail_profile_reads_total", source="read") == 2
+    assert suite.profiles.calls["get_user_profile"] == 2
     assert clicked in suite.ranking.last.exclude_item_ids
     assert clicked not in [i.item_id for i in after.items]
     assert suite.ranking.last.history[0].item_id == clicked
+    logged = await suite.profiles.list_impressions(after.request_id, 1.0)
+    assert [i.item_id for i in logged] == [i.item_id for i in after.items]
+    # The fresh read is kept: the next Recommend chooses from it again.
+    await stub.Recommend(Request(user_id="u1", k=3), timeout=5)
+    assert suite.profiles.calls["get_user_profile"] == 2
+    assert suite.count("longtail_profile_reads_total", source="kept") == 2
+
+
+@pytest.mark.parametrize("ranking_down", [False, True])
+async def test_a_retry_at_a_replica_that_keeps_the_profile_is_answered_from_the_log(
+    ranking_down: bool,
+) -> None:
+    """A retried request_id reaching another gateway replica, one that keeps the user's profile
+    and never saw the id: the list it chooses from its copy is not logged (the log holds the same
+    list: a replay; or another one, here the fallback: a conflict), and the answer is the log's."""
+    suite = Suite()
+    other = RecommendPipeline(
+        suite.profiles,
+        suite.ranking,
+        suite.exposure,
+        PipelineConfig(fallback_size=20),
+        RecommenderMetrics(),
+    )
+    deadline = Deadline(None, 5.0)
+    first = await suite.pipeline.recommend(Request(user_id="u1", k=3, request_id="r-1"), deadline)
+    await other.recommend(Request(user_id="u1", k=3), deadline)
+    assert other.profiles.get("u1") is not None
+    reads, writes = suite.profiles.calls["get_user_profile"], suite.profiles.impression_writes
+    if ranking_down:
+        suite.ranking.error = Unavailable("DEPENDENCY_UNAVAILABLE", "down")
+    again = await other.recommend(Request(user_id="u1", k=3, request_id="r-1"), deadline)
+    assert [i.item_id for i in again.items] == [i.item_id for i in first.items]
+    assert again.policy_name == first.policy_name and not again.fallback
+    assert suite.profiles.impression_writes == writes + 1  # the copy's list, not logged
+    assert suite.profiles.calls["get_user_profile"] == reads + 1  # then the checked way
+    logged = await suite.profiles.list_impressions("r-1", 1.0)
+    assert [i.item_id for i in logged] == [i.item_id for i in first.items]
 
 
 async def test_with_no_profile_cache_every_recommend_reads_the_profile() -> None:

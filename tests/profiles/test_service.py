@@ -550,6 +550,62 @@ async def test_profile_version_moves_with_every_write_the_profile_depends_on(
     )
 
 
+async def test_a_list_chosen_from_a_kept_profile_is_logged_only_while_its_version_holds(
+    served: Served,
+) -> None:
+    await seed(served)
+    await served.stub.RecordInteractions(
+        pb.RecordInteractionsRequest(interactions=[interaction("u1", "item-0001", 1)])
+    )
+    await settle_head_set(served)
+
+    async def version() -> str:
+        read = pb.GetUserProfileRequest(user_id="u1", history_limit=10)
+        return (await served.stub.GetUserProfile(read)).profile_version
+
+    async def record(request_id: str, kept: str, user: str = "u1") -> int:
+        batch = [impression(request_id, p, f"item-000{p + 4}", user) for p in range(3)]
+        request = pb.RecordImpressionsRequest(impressions=batch, if_profile_version=kept)
+        return (await served.stub.RecordImpressions(request)).recorded_count
+
+    async def logged(request_id: str) -> int:
+        request = pb.ListImpressionsRequest(request_id=request_id)
+        return len((await served.stub.ListImpressions(request)).impressions)
+
+    kept = await version()
+    assert await record("req-a", kept) == 3
+    assert await record("req-b", kept) == 3  # a logged list does not move the profile
+    # An interaction moves it: a list chosen from the old copy is refused, nothing written.
+    await served.stub.RecordInteractions(
+        pb.RecordInteractionsRequest(interactions=[interaction("u1", "item-0002", 2)])
+    )
+    await expect_error(
+        record("req-c", kept), grpc.StatusCode.FAILED_PRECONDITION, "PROFILE_VERSION_MOVED"
+    )
+    assert await logged("req-c") == 0
+    # A replay is a replay whatever the version (the log answers retries).
+    assert await record("req-a", kept) == 0
+    # The fresh copy's version holds again.
+    await settle_head_set(served)
+    assert await record("req-c", await version()) == 3
+    # A user without a row has no version to hold: refused, and no bare user is made.
+    await expect_error(
+        record("req-d", kept, user="ghost"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PROFILE_VERSION_MOVED",
+    )
+    await expect_error(
+        served.stub.GetUserProfile(pb.GetUserProfileRequest(user_id="ghost")),
+        grpc.StatusCode.NOT_FOUND,
+        "USER_NOT_FOUND",
+    )
+    await expect_error(
+        record("req-e", "not-a-version"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PROFILE_VERSION",
+    )
+
+
 async def test_eight_concurrent_writers_lose_nothing(served: Served) -> None:
     await seed(served, n_items=20)
     # Two service instances on one store (replicas): half of the writers talk to each.
