@@ -19,9 +19,10 @@ class GatewaySettings:
     # profile's seen_item_ids.
     history_limit: int = 200
     # Profiles kept in the gateway, by user (0: none), serialized: about 5 KB for a user with 165
-    # interactions, so 10,000 take about 55 MB. A kept profile is used only while profiles says
-    # its version is current (asked in the call that does the replay check): every write the
-    # profile depends on moves the version, so nothing recorded is ever hidden.
+    # interactions, so 10,000 take about 55 MB. A kept user's list is chosen from the copy without
+    # asking profiles, and logged only while the copy's version is still the user's (checked in
+    # the impression write): every write the profile depends on moves the version, so nothing
+    # recorded is ever hidden; a refused list is chosen again from a fresh read.
     profile_cache_size: int = 10_000
     # Deadline used when the caller sets none.
     default_deadline_seconds: float = 2.0

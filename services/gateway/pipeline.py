@@ -6,8 +6,9 @@ reason FALLBACK); when the store fails, the call fails with UNAVAILABLE and noth
 Impressions are written before the answer returns, idempotently by (request_id, position): a retried
 request_id is answered from the log and writes nothing twice. When the store refuses the write
 because the request_id already holds another list (a concurrent request under the same id claimed
-it first), the call fails with ALREADY_EXISTS (REQUEST_ID_CONFLICT): only a list that is in the
-log is ever answered.
+it first), the call fails with ALREADY_EXISTS (REQUEST_ID_CONFLICT), or, when the list was chosen
+from a kept profile (below), is answered with the logged list: only a list that is in the log is
+ever answered.
 
 A user's profile is kept (``ProfileCache``) under the version profiles gave it. A Recommend for a
 kept user does not ask profiles first: it chooses from the kept copy and logs the list on
