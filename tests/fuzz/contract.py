@@ -36,7 +36,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import descriptor, message
+from google.protobuf import descriptor, message, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, settings
@@ -332,7 +332,14 @@ def _scalar(field: Any, known: Sequence[str], short: bool) -> st.SearchStrategy[
 def _timestamps(message_class: type[message.Message]) -> st.SearchStrategy[message.Message]:
     seconds = st.one_of(st.sampled_from(TIMESTAMP_SECONDS), st.integers(*INT64))
     nanos = st.one_of(st.sampled_from(TIMESTAMP_NANOS), st.integers(*INT32))
-    return st.builds(lambda s, n: message_class(seconds=s, nanos=n), seconds, nanos)
+
+    def build(s: int, n: int) -> message.Message:
+        # Through the wire form: the class is made from the descriptor, so its fields are untyped.
+        return message_class.FromString(
+            timestamp_pb2.Timestamp(seconds=s, nanos=n).SerializeToString()
+        )
+
+    return st.builds(build, seconds, nanos)
 
 
 def _message_class(desc: descriptor.Descriptor) -> type[message.Message]:
