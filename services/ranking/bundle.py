@@ -1,9 +1,8 @@
 """The ranking models as a bundle in the artefact store, and back.
 
 One bundle holds what ranking serves together: the collaborative model (ALS item factors, item
-ids, item counts, and the item-item neighbours when a ranker is fitted) and, when fitted, the
-learned ranker whose features include that model's scores and the sequential user tower's (ONNX),
-so they are published, served and rolled back as one.
+ids, item counts) and, when fitted, the learned ranker whose features include that model's scores
+and the sequential user tower's (ONNX), so they are published, served and rolled back as one.
 The bundle id is the collaborative version (``als-<time>-<digest>``), which is what
 ``RankCandidates`` reports as ``collaborative_version``. User factors are not stored: serving
 folds users in from their history.
@@ -28,8 +27,6 @@ from services.common.artifacts import (
 )
 from services.ranking.collaborative import ARTIFACT_FORMAT, AlsParams, CollaborativeModel
 from services.ranking.learned import LearnedRanker
-from services.ranking.neighbours import ItemNeighbours
-from services.ranking.neighbours import describe as describe_neighbours
 from services.ranking.tower import TowerRunner
 
 # The registry's model kind ranking replicas follow.
@@ -39,7 +36,6 @@ RANKER_KIND = "learned_ranker"
 _FACTORS = "collaborative/item_factors.npy"
 _COUNTS = "collaborative/item_counts.npy"
 _ITEM_IDS = "collaborative/item_ids.json"
-_NEIGHBOURS = "collaborative/item_neighbours.npz"
 _RANKER = "learned_ranker/ranker.json"
 _TOWER = "user_tower/model.onnx"
 _TOWER_CONFIG = "user_tower/config.json"
@@ -58,8 +54,6 @@ def bundle_files(model: CollaborativeModel) -> dict[str, bytes]:
         _COUNTS: _npy(model.item_counts),
         _ITEM_IDS: json.dumps(model.item_ids).encode(),
     }
-    if model.neighbours is not None:
-        files[_NEIGHBOURS] = model.neighbours.to_bytes()
     if model.ranker is not None:
         files[_RANKER] = model.ranker.to_json().encode()
     if model.tower is not None:
@@ -82,8 +76,6 @@ def model_entries(model: CollaborativeModel) -> list[dict[str, Any]]:
             "fit_seconds": round(model.duration_seconds, 3),
         }
     ]
-    if model.neighbours is not None:
-        entries[0]["neighbours"] = describe_neighbours(model.neighbours)
     if model.ranker is not None:
         entries.append(
             {
@@ -137,18 +129,9 @@ def model_from_bundle(manifest: Manifest, files: dict[str, bytes]) -> Collaborat
         tower = (
             TowerRunner.from_files(files[_TOWER], files[_TOWER_CONFIG]) if _TOWER in files else None
         )
-        item_ids = json.loads(files[_ITEM_IDS])
-        # The ranker's neighbour features need the neighbours it was fitted with.
-        if ranker is not None and _NEIGHBOURS not in files:
-            raise KeyError(_NEIGHBOURS)
-        neighbours = (
-            ItemNeighbours.from_bytes(files[_NEIGHBOURS], len(item_ids))
-            if _NEIGHBOURS in files
-            else None
-        )
         return CollaborativeModel(
             str(entry["version"]),
-            item_ids,
+            json.loads(files[_ITEM_IDS]),
             np.load(io.BytesIO(files[_FACTORS]), allow_pickle=False),
             np.load(io.BytesIO(files[_COUNTS]), allow_pickle=False),
             params,
@@ -157,7 +140,6 @@ def model_from_bundle(manifest: Manifest, files: dict[str, bytes]) -> Collaborat
             created_at=manifest.created_at,
             ranker=ranker,
             tower=tower,
-            neighbours=neighbours,
         )
     except KeyError as error:
         raise BundleCorrupt(f"bundle {manifest.bundle_id} lacks {error}") from error

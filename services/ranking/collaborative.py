@@ -25,7 +25,6 @@ import numpy.typing as npt
 import scipy.sparse
 
 from services.ranking.learned import LearnedRanker
-from services.ranking.neighbours import ItemNeighbours
 from services.ranking.tower import TowerRunner
 
 log = logging.getLogger(__name__)
@@ -98,7 +97,6 @@ class CollaborativeModel:
         created_at: str = "",
         ranker: LearnedRanker | None = None,
         tower: TowerRunner | None = None,
-        neighbours: ItemNeighbours | None = None,
     ) -> None:
         if item_factors.shape[0] != len(item_ids) or item_counts.shape[0] != len(item_ids):
             raise ValueError("item factors, counts and ids differ in length")
@@ -116,9 +114,6 @@ class CollaborativeModel:
         self.ranker = ranker
         # The sequential user tower the ranker's features were computed with (None: no tower).
         self.tower = tower
-        # Item-item neighbours by co-consumption over the same items (ranker features; None:
-        # fitted without a ranker, or zeros for those features).
-        self.neighbours = neighbours
         self.item_rows = {item_id: row for row, item_id in enumerate(self.item_ids)}
         factors = self.item_factors.astype(np.float64)
         # Y^T Y + lambda I: the shared part of every user's normal equations.

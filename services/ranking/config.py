@@ -21,7 +21,6 @@ _POOL_FIELDS = (
     "tower_pool",
     "tower_cold_pool",
     "mapped_cold_pool",
-    "neighbours_pool",
 )
 
 
@@ -91,8 +90,6 @@ class RankingSettings:
     # Cold items whose text, mapped into the collaborative space (a ridge map from item vectors
     # to ALS item factors fitted on the model's items), scores best against the user's factor.
     mapped_cold_pool: float = 0.25
-    # The items the history's co-consumption neighbours (fitted with the ranker) rate best.
-    neighbours_pool: float = 0.5
     # Seconds between catalogue refreshes (new items, new stats, new model); 0 turns them off.
     refresh_seconds: float = 30.0
     # Default deadlines of outbound calls made without a caller deadline (background work).
@@ -136,7 +133,6 @@ class RankingSettings:
             tower_cold_pool=self.tower_cold_pool,
             tower_replaces_content=self.tower_replaces_content,
             mapped_cold_pool=self.mapped_cold_pool,
-            neighbours_pool=self.neighbours_pool,
         )
 
     def ranker_params(self) -> RankerTrainingParams | None:

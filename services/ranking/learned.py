@@ -47,9 +47,6 @@ FEATURE_NAMES: tuple[str, ...] = (
     "tower_user_x_cold",
     "mapped_collaborative",  # user factor . (item vector mapped to a factor): text as CF
     "mapped_x_cold",
-    "neighbours_history",  # co-consumption cosine to the history, recency-weighted mean
-    "neighbours_recent_max",  # ... max over the last few history items
-    "neighbours_log_sum",  # log1p of the plain sum over the history (ItemKNN's score)
 )
 
 

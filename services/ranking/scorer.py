@@ -53,7 +53,6 @@ from services.ranking.index import (
     multi_search,
 )
 from services.ranking.learned import FEATURE_NAMES, LearnedRanker
-from services.ranking.neighbours import Neighbourhood
 
 _EMPTY_ROWS = np.empty(0, dtype=np.int64)
 
@@ -95,9 +94,6 @@ class ScorerConfig:
     # over the cold pool, and two ranker features. Ridge strength relative to items / dimension,
     # used only where the model's ranker does not carry the one chosen on its validation slice.
     mapped_cold_pool: float = 0.25
-    # The items the history's co-consumption neighbours rate best (model.neighbours; their
-    # weighted mean similarity to the history), when the model has neighbours.
-    neighbours_pool: float = 0.5
     content_map_ridge: float = 0.1
     # Recency weighting of the user vector: weight halves every ``history_half_life`` entries.
     history_half_life: float = 10.0
@@ -544,24 +540,6 @@ def candidate_pool(
                 user_factor, mapped_size, exclude=positions[positions >= 0]
             )
             parts.append(collaborative.cold_rows[nearest.rows])
-    # Items the history's co-consumption neighbours reach: a source and three features.
-    neighbourhood = Neighbourhood.empty()
-    neighbours = collaborative.model.neighbours if collaborative is not None else None
-    if neighbours is not None and collaborative is not None and history_rows.shape[0]:
-        history_model_rows = collaborative.model_rows[history_rows]
-        known_history = history_model_rows >= 0
-        decay = recency_weights(history_rows_all.shape[0], config.history_half_life)
-        neighbourhood = neighbours.around(
-            history_model_rows[known_history],
-            decay[history_ranks[known_history]],
-            config.recent_items,
-        )
-        size = _source_size(count, config.neighbours_pool, config)
-        if size and neighbourhood.rows.shape[0]:
-            excluded_model = collaborative.model_rows[excluded]
-            best = neighbourhood.best(size, excluded_model[excluded_model >= 0])
-            found_rows = collaborative.catalog_rows[best]
-            parts.append(found_rows[found_rows >= 0])
     if content_vector is None:
         # No content signal: popular items, and popular tail items so that the tail has a place.
         parts.append(_first_not_excluded(snapshot.popular_rows, excluded, count))
@@ -629,11 +607,6 @@ def candidate_pool(
             factor_recent_max[known] = cosines.max(axis=1)
             factor_recent_mean[known] = cosines.mean(axis=1)
 
-    # Co-consumption with the history (item-item neighbours fitted with the model).
-    neighbours_history, neighbours_recent_max, neighbours_log_sum = neighbourhood.features(
-        collaborative.model_rows[pool] if collaborative is not None else np.full(n, -1)
-    )
-
     # The collaborative score an item's text predicts (every pool item; the only one cold items
     # have).
     mapped = np.zeros(n, dtype=np.float32)
@@ -677,9 +650,6 @@ def candidate_pool(
             tower_similarity * cold,
             mapped,
             mapped * cold,
-            neighbours_history,
-            neighbours_recent_max,
-            neighbours_log_sum,
         ]
     ).astype(np.float32)
     return CandidatePool(

@@ -35,7 +35,6 @@ from services.ranking.collaborative import (
 )
 from services.ranking.index import FloatArray, IndexParams, RowArray
 from services.ranking.learned import LearnedRanker, fit_ranker
-from services.ranking.neighbours import fit_item_neighbours
 from services.ranking.scorer import (
     CollaborativeView,
     HistoryItem,
@@ -87,12 +86,6 @@ class RankerTrainingParams:
     # the tower's default.
     tower: bool = True
     tower_steps: int = 0
-    # Item-item neighbours by co-consumption (services.ranking.neighbours): kept per item, and
-    # the shrink of the cosine. Fitted with the model the ranker's features come from. 100 on
-    # movielens-latest-small's slice: warm NDCG@10 within the pool 0.1899 / 0.1933 / 0.1936 with
-    # 50 / 100 / 200 (5 folds), and half the memory of 200 (800 bytes per item).
-    neighbours: int = 100
-    neighbour_shrink: float = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,13 +256,6 @@ def train_ranker(
         ],
         als_params,
         version="validation",
-    )
-    model.neighbours = fit_item_neighbours(
-        [u for u, _ in part],
-        [e.item_id for _, e in part],
-        model.item_rows,
-        params.neighbours,
-        params.neighbour_shrink,
     )
     past = restat_snapshot(snapshot, _stats(snapshot, history), index_params) or snapshot
     # The tower of the features: fitted on the history part only, like the ALS above.
@@ -576,13 +562,6 @@ def fit_models(
         )
         if model.ranker is not None:
             metrics = dict(model.ranker.info.get("validation", {}))
-            model.neighbours = fit_item_neighbours(
-                [u for batch in batches for u in batch.user_ids],
-                [i for batch in batches for i in batch.item_ids],
-                model.item_rows,
-                ranker_params.neighbours,
-                ranker_params.neighbour_shrink,
-            )
             events = _user_events(batches)
             # The ranker learned from the tower's feature only if it had one.
             if events is not None and model.ranker.info.get("tower"):

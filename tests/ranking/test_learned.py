@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from services.common.artifacts import BundleCorrupt, BundleIncompatible, LocalFolderStore
+from services.common.artifacts import BundleIncompatible, LocalFolderStore
 from services.ranking.bundle import load_bundle, save_bundle
 from services.ranking.catalog import CatalogSnapshot, build_snapshot
 from services.ranking.collaborative import (
@@ -19,7 +19,6 @@ from services.ranking.collaborative import (
 )
 from services.ranking.index import IndexParams
 from services.ranking.learned import FEATURE_NAMES, LearnedRanker, fit_ranker
-from services.ranking.neighbours import fit_item_neighbours
 from services.ranking.scorer import (
     CollaborativeView,
     HistoryItem,
@@ -231,10 +230,8 @@ def test_the_ranker_orders_the_candidates(
 def test_the_ranker_is_stored_and_loaded_with_the_model(
     tmp_path: Path, world: World, ranker: LearnedRanker
 ) -> None:
-    batch = world.timed_batch()
-    model = train_als([batch], ALS, version="with-ranker")
+    model = train_als([world.timed_batch()], ALS, version="with-ranker")
     model.ranker = ranker
-    model.neighbours = fit_item_neighbours(batch.user_ids, batch.item_ids, model.item_rows, k=5)
     store = LocalFolderStore(tmp_path)
     save_bundle(store, model, code_version="test")
     manifest, loaded = load_bundle(store, "with-ranker")
@@ -242,22 +239,6 @@ def test_the_ranker_is_stored_and_loaded_with_the_model(
     assert loaded.ranker is not None
     x, _ = synthetic_rows(n=50)
     assert np.allclose(loaded.ranker.score(x), ranker.score(x))
-    assert loaded.neighbours is not None
-    for name in ("indptr", "indices", "similarity"):
-        assert np.array_equal(getattr(loaded.neighbours, name), getattr(model.neighbours, name))
-
-
-def test_a_bundle_whose_ranker_lacks_its_neighbours_is_refused(
-    tmp_path: Path, world: World, ranker: LearnedRanker
-) -> None:
-    """The ranker's neighbour features need the neighbours it was fitted with: a bundle without
-    them is corrupt, never served with those features silently at zero."""
-    model = train_als([world.timed_batch()], ALS, version="no-neighbours")
-    model.ranker = ranker
-    store = LocalFolderStore(tmp_path)
-    save_bundle(store, model, code_version="test")
-    with pytest.raises(BundleCorrupt, match="item_neighbours"):
-        load_bundle(store, "no-neighbours")
 
 
 def test_without_a_ranker_artefact_serving_falls_back_to_the_blend(

@@ -159,30 +159,3 @@ def test_the_map_strength_is_chosen_on_the_slice_and_served(
     )
     assert view.content_map is not None and expected is not None
     np.testing.assert_allclose(view.content_map, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_the_neighbours_are_fitted_with_the_ranker_and_score_the_pool(
-    world: World, snapshot: CatalogSnapshot, fitted: FittedModels
-) -> None:
-    model = fitted.model
-    assert model.neighbours is not None and model.neighbours.item_count == model.item_count
-    view = CollaborativeView.build(model, snapshot)
-    _, items = world.users["user-0003"]
-    history = [HistoryItem(i) for i in reversed(items)]
-    pool = candidate_pool(snapshot, view, RankQuery(history, 50), CONFIG)
-    columns = [FEATURE_NAMES.index(n) for n in ("neighbours_history", "neighbours_log_sum")]
-    assert (pool.features[:, columns] > 0).any(axis=0).all()
-    # The sum is over the history's neighbour lists: recompute one candidate's by hand.
-    best = int(np.argmax(pool.features[:, columns[1]]))
-    candidate = view.model_rows[pool.rows[best]]
-    neighbours = model.neighbours
-    total = 0.0
-    for item in [h.item_id for h in history]:  # every entry, as serving sums them
-        row = model.item_rows[item]
-        lo, hi = neighbours.indptr[row], neighbours.indptr[row + 1]
-        hit = neighbours.indices[lo:hi] == candidate
-        total += float(neighbours.similarity[lo:hi][hit].sum())
-    assert pool.features[best, columns[1]] == pytest.approx(np.log1p(total), rel=1e-5)
-    # Without a ranker none are fitted (nothing would read them).
-    plain = fit_models(snapshot, [world.timed_batch()], ALS, CONFIG, IndexParams(), None)
-    assert plain.model.neighbours is None
