@@ -41,6 +41,22 @@ def test_accuracy_is_recall_and_ndcg_over_the_relevant_users() -> None:
     assert cold.accuracy({}, relevant, (3,)) == {"recall@3": 0.0, "ndcg@3": 0.0}
 
 
+def test_placement_counts_the_places_given_to_held_out_items_and_their_hits() -> None:
+    relevant = {"u": frozenset({"i4", "i6"}), "v": frozenset({"i5"}), "w": frozenset()}
+    # u: two held-out items in its top 3 (i6 a hit, i7 not); v: none in its top 3 (i5 at 4th).
+    lists = {"u": ["i6", "i0", "i7", "i4"], "v": ["i0", "i1", "i2", "i5"], "w": ["i4"]}
+    got = cold.placement(lists, relevant, HELD_OUT, (3, 4))
+    # w has nothing relevant: not counted, as in accuracy.
+    assert got["places@3"] == pytest.approx((2 + 0) / 2)
+    assert got["hits_per_place@3"] == pytest.approx(1 / 2)
+    # K = 4: u shows i6, i7, i4 (two hits), v shows i5 (a hit): 4 places, 3 hits.
+    assert got["places@4"] == pytest.approx((3 + 1) / 2)
+    assert got["hits_per_place@4"] == pytest.approx(3 / 4)
+    # No held-out item shown anywhere: no places, and 0 hits per place (not a division by 0).
+    none = cold.placement({"u": ["i0"], "v": ["i1"]}, relevant, HELD_OUT, (3,))
+    assert none == {"places@3": 0.0, "hits_per_place@3": 0.0}
+
+
 def two_tastes() -> tuple[TrainMatrix, dict[str, npt.NDArray[np.float32]]]:
     """Users a* watch the 'x' items, b* the 'y' items; every item has a unit vector along its
     taste axis (plus a little of the other, so cosines differ within a taste)."""
@@ -82,6 +98,11 @@ def test_cold_baselines() -> None:
     # All four held-out items fit in K = 4: recall 1 whatever the order; same list both ways.
     assert random.value(cold.AMONG_COLD, "recall", 4) == 1.0
     assert random.among_cold == random.among_all
+    # Placement over all items: random's lists hold held-out items only (every place is one);
+    # content gives a1 one held-out place in its top 2 (i4, not relevant) and b0 two (i6, i7).
+    assert random.value(cold.AMONG_ALL, "places", 2) == 2.0
+    assert content.value(cold.AMONG_ALL, "places", 2) == pytest.approx((1 + 2) / 2)
+    assert content.value(cold.AMONG_ALL, "hits_per_place", 2) == pytest.approx(2 / 3)
     # no vectors: no content row
     rows = cold.baseline_rows(train, ["a1"], relevant, HELD_OUT, {}, 0, (2,))
     assert [row.method for row in rows] == ["random among cold items"]
@@ -117,8 +138,20 @@ def test_tables_and_csv(tmp_path: Path) -> None:
         "cold_candidates_ndcg@10",
         "all_items_recall@10",
         "all_items_ndcg@10",
+        "all_items_places@10",
+        "all_items_hits_per_place@10",
     ]
-    assert lines[2] == ["gateway:relevance", "defaults", "", "", "0.100000", "0.050000"]
+    assert lines[2] == ["gateway:relevance", "defaults", "", "", "0.100000", "0.050000", "", ""]
+    placed = cold.ColdRow(
+        "gateway:default",
+        "x",
+        None,
+        {"recall@10": 0.1, "ndcg@10": 0.05},
+        {"places@10": 1.5, "hits_per_place@10": 0.25},
+    )
+    assert "| gateway:default | x | - | - | 0.1000 | 0.0500 | 1.5000 | 0.2500 |" in cold.markdown(
+        [placed], (10,)
+    )
 
 
 def test_command_line() -> None:

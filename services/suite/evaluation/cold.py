@@ -7,7 +7,8 @@ interacted with; two accuracies are measured per method:
 - **among cold candidates**: the method ranks only the held-out items (every other item is
   excluded), as in the cold-start evaluation of DropoutNet, ALDI and the ColdRec benchmark;
 - **among all items**: the method's usual list over the whole catalogue (the user's training items
-  excluded), as in their "hybrid" evaluation: a cold item has to beat every warm item.
+  excluded), as in their "hybrid" evaluation: a cold item has to beat every warm item. With it,
+  how the list spends its places: held-out items per list and hits per such place.
 
 Methods: the suite's ranking service (``RankCandidates`` with every non-held-out item excluded,
 and with only the user's history excluded), every gateway setting of the sweep (all items only:
@@ -55,6 +56,11 @@ RANK_CANDIDATES = 100
 AMONG_COLD = "cold_candidates"
 AMONG_ALL = "all_items"
 ACCURACY = ("recall", "ndcg")
+# How a list over all items spends its places on held-out items: how many it gives them
+# (mean per list) and how many of those are relevant (hits per place, pooled over users). Recall
+# among all items grows with the places a list gives cold items; hits per place says how well it
+# chooses the cold items it shows, whatever their number.
+PLACEMENT = ("places", "hits_per_place")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +71,13 @@ class ColdRow:
     setting: str
     among_cold: Mapping[str, float] | None
     among_all: Mapping[str, float] | None
+    # ``placement`` of its list over all items (None: not measured).
+    placement: Mapping[str, float] | None = None
 
     def value(self, part: str, metric: str, k: int) -> float | None:
         values = self.among_cold if part == AMONG_COLD else self.among_all
+        if metric in PLACEMENT:
+            values = self.placement
         return None if values is None else values[f"{metric}@{k}"]
 
 
@@ -82,6 +92,29 @@ def accuracy(
             values = [metric(lists.get(user, ()), relevant[user], k) for user in users]
             kept = [v for v in values if v is not None]
             out[f"{name}@{k}"] = sum(kept) / len(kept) if kept else 0.0
+    return out
+
+
+def placement(
+    lists: Mapping[str, Sequence[str]],
+    relevant: Mapping[str, frozenset[str]],
+    held_out: Collection[str],
+    ks: Sequence[int],
+) -> dict[str, float]:
+    """Over the users ``accuracy`` counts: the mean number of held-out items in the top K
+    (``places@K``) and the share of those that are relevant (``hits_per_place@K``, pooled: all
+    users' hits over all users' places; 0 when no list gives a held-out item a place)."""
+    users = sorted(user for user, items in relevant.items() if items)
+    held = frozenset(held_out)
+    out: dict[str, float] = {}
+    for k in ks:
+        places = hits = 0
+        for user in users:
+            shown = [item for item in list(lists.get(user, ()))[:k] if item in held]
+            places += len(shown)
+            hits += sum(1 for item in shown if item in relevant[user])
+        out[f"places@{k}"] = places / len(users) if users else 0.0
+        out[f"hits_per_place@{k}"] = hits / places if places else 0.0
     return out
 
 
@@ -124,19 +157,30 @@ def baseline_rows(
         content.fit(train)
         cold_content = Restricted(ContentOnly(vectors), held_out)
         cold_content.fit(train)
+        over_all = recommend(content, train, users, k)
         rows.append(
             ColdRow(
                 "content",
                 f"mean of history vectors ({encoder})",
                 accuracy(recommend(cold_content, train, users, k), relevant, ks),
-                accuracy(recommend(content, train, users, k), relevant, ks),
+                accuracy(over_all, relevant, ks),
+                placement(over_all, relevant, held_out, ks),
             )
         )
     random = Restricted(RandomItems(seed), held_out)
     random.fit(train)
-    lists = accuracy(recommend(random, train, users, k), relevant, ks)
+    random_lists = recommend(random, train, users, k)
+    scores = accuracy(random_lists, relevant, ks)
     # Its list holds held-out items only, so it is its own list among all items too.
-    rows.append(ColdRow("random among cold items", f"seed={seed}", lists, lists))
+    rows.append(
+        ColdRow(
+            "random among cold items",
+            f"seed={seed}",
+            scores,
+            scores,
+            placement(random_lists, relevant, held_out, ks),
+        )
+    )
     return rows
 
 
@@ -200,11 +244,15 @@ def _cell(value: float | None) -> str:
 
 
 def table_rows(rows: Sequence[ColdRow], k: int) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "setting"] + [
-        f"{name}@{k} {where}"
-        for where in ("cold cands", "all items")
-        for name in ("Recall", "NDCG")
-    ]
+    header = (
+        ["method", "setting"]
+        + [
+            f"{name}@{k} {where}"
+            for where in ("cold cands", "all items")
+            for name in ("Recall", "NDCG")
+        ]
+        + [f"held-out places@{k}", f"hits per place@{k}"]
+    )
     body = [
         [row.method, row.setting]
         + [
@@ -212,6 +260,7 @@ def table_rows(rows: Sequence[ColdRow], k: int) -> tuple[list[str], list[list[st
             for part in (AMONG_COLD, AMONG_ALL)
             for metric in ACCURACY
         ]
+        + [_cell(row.value(AMONG_ALL, metric, k)) for metric in PLACEMENT]
         for row in rows
     ]
     return header, body
@@ -243,7 +292,12 @@ def print_table(rows: Sequence[ColdRow], ks: Sequence[int], console: Console) ->
 
 def write_csv(rows: Sequence[ColdRow], ks: Sequence[int], path: Path) -> None:
     """One line per method; an empty cell where the method cannot rank that way."""
-    columns = [(part, m, k) for k in ks for part in (AMONG_COLD, AMONG_ALL) for m in ACCURACY]
+    columns = [
+        (part, m, k)
+        for k in ks
+        for part, metrics in ((AMONG_COLD, ACCURACY), (AMONG_ALL, ACCURACY + PLACEMENT))
+        for m in metrics
+    ]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["method", "setting"] + [f"{part}_{m}@{k}" for part, m, k in columns])

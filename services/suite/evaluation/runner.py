@@ -660,8 +660,16 @@ async def _cold_rows(
             f"the ranking service was not measured among cold candidates: that excludes the "
             f"{len(warm_items)} other items, above RankCandidates' {cold.RANK_MAX_EXCLUSIONS}"
         )
-    among_all = cold.accuracy(await ranked(frozenset(), "ranking: all items"), relevant, ks)
-    rows = [cold.ColdRow("suite:ranking", "RankCandidates (pre-policy)", among_cold, among_all)]
+    over_all = await ranked(frozenset(), "ranking: all items")
+    rows = [
+        cold.ColdRow(
+            "suite:ranking",
+            "RankCandidates (pre-policy)",
+            among_cold,
+            cold.accuracy(over_all, relevant, ks),
+            cold.placement(over_all, relevant, cold_split.held_out, ks),
+        )
+    ]
     for setting, lists in served_lists:
         rows.append(
             cold.ColdRow(
@@ -669,6 +677,7 @@ async def _cold_rows(
                 setting.label,
                 None,
                 cold.accuracy(lists, relevant, ks),
+                cold.placement(lists, relevant, cold_split.held_out, ks),
             )
         )
     rows += await asyncio.to_thread(
