@@ -103,6 +103,7 @@ def test_cold_baselines() -> None:
     assert random.value(cold.AMONG_ALL, "places", 2) == 2.0
     assert content.value(cold.AMONG_ALL, "places", 2) == pytest.approx((1 + 2) / 2)
     assert content.value(cold.AMONG_ALL, "hits_per_place", 2) == pytest.approx(2 / 3)
+    assert content.value(cold.AMONG_COLD, "places", 2) is None  # all items only
     # no vectors: no content row
     rows = cold.baseline_rows(train, ["a1"], relevant, HELD_OUT, {}, 0, (2,))
     assert [row.method for row in rows] == ["random among cold items"]

@@ -76,8 +76,8 @@ class ColdRow:
 
     def value(self, part: str, metric: str, k: int) -> float | None:
         values = self.among_cold if part == AMONG_COLD else self.among_all
-        if metric in PLACEMENT:
-            values = self.placement
+        if metric in PLACEMENT:  # measured on the list over all items only
+            values = self.placement if part == AMONG_ALL else None
         return None if values is None else values[f"{metric}@{k}"]
 
 
