@@ -480,11 +480,10 @@ OUTCOMES: dict[str, dict[str, list[Outcome]]] = {}
 def test_every_rpc_refuses_bad_input_without_internal_errors(suite: Suite, rpc: Rpc) -> None:
     channel = suite.channels[rpc.service]
     base = suite.base(rpc)
-    earlier = [
-        [data for data, _, _ in answers]
-        for store, answers in OUTCOMES.get(rpc.id, {}).items()
-        if store != suite.store
-    ]
+    # What the other store of this RPC was sent, when it ran first.
+    earlier = next(
+        (sent for store, sent in OUTCOMES.get(rpc.id, {}).items() if store != suite.store), None
+    )
     outcomes = OUTCOMES.setdefault(rpc.id, {})[suite.store] = []
 
     def send(data: bytes) -> None:
@@ -492,8 +491,8 @@ def test_every_rpc_refuses_bad_input_without_internal_errors(suite: Suite, rpc: 
         outcomes.append((data, answer.code.name, answer.reason))
         check_answer(rpc.method, data, answer)
 
-    if rpc.service == "profiles" and earlier:
-        for data in earlier[0]:
+    if rpc.service == "profiles" and earlier is not None:
+        for data, _, _ in earlier:
             send(data)
     else:
 

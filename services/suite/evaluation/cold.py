@@ -110,7 +110,7 @@ def placement(
     for k in ks:
         places = hits = 0
         for user in users:
-            shown = [item for item in list(lists.get(user, ()))[:k] if item in held]
+            shown = [item for item in lists.get(user, ())[:k] if item in held]
             places += len(shown)
             hits += sum(1 for item in shown if item in relevant[user])
         out[f"places@{k}"] = places / len(users) if users else 0.0
